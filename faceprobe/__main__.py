@@ -1,0 +1,3 @@
+from faceprobe.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,587 @@
+"""The embedding store: a directory of HDF5 shards plus a manifest.
+
+Layout::
+
+    STORE/manifest.json            what every shard was made with (backbone, weights, alignment...)
+    STORE/shard-00000.h5           rows [0, shard_size) of the run's record list
+    STORE/shard-00000.stats.json   written last: its presence is what marks the shard complete
+    STORE/.lock                    flock'ed by the one live writer
+
+Decisions:
+- A shard is complete only when both its ``.h5`` and its ``.stats.json`` exist. Each is written to
+  ``*.tmp``, flushed, fsync'ed and renamed, h5 first, so a kill at any moment leaves either a
+  complete shard or one that the next run rewrites (img2dataset's rule).
+- The lock is ``fcntl.flock`` on ``.lock``: the kernel releases it when the owner dies, so a stale
+  lock from a killed run is taken over without guessing from pids; the pid is written into the
+  file only so the refusal message can name the owner.
+- Categorical labels are stored as int16 codes into the vocabulary recorded in the manifest
+  (-1 = missing); ``age`` as float32 (NaN = missing). An unexpected label value is refused, never
+  silently recoded.
+- Nothing is pickled: strings, numbers and JSON only, so a store is data, not code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import fcntl
+import hashlib
+import json
+import os
+import re
+import socket
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from faceprobe import __version__
+from faceprobe.data.vocab import is_regression
+from faceprobe.errors import StoreError, StoreLockedError
+
+FORMAT = "faceprobe-store"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+LOCK = ".lock"
+_SHARD_RE = re.compile(r"^shard-(\d{5,})\.stats\.json$")
+
+USABLE_STATUSES = ("ok", "multi_face_chosen", "no_face_fallback", "dataset_landmarks")
+FAILED_STATUSES = ("no_face", "face_too_small", "unreadable", "missing", "error")
+STATUSES = USABLE_STATUSES + FAILED_STATUSES
+
+# Keys of one row dict given to StoreWriter.write_shard. Only `path` and `status` are required.
+ROW_FIELDS: dict[str, str] = {
+    "path": "str: the image file",
+    "dataset": "str: reader name",
+    "split": "str | None",
+    "identity": "str | None",
+    "face": "int: index of the face in its image (0 unless multi_face='all')",
+    "labels": "dict task -> class name or age in years",
+    "status": "str: one of STATUSES",
+    "error": "str: message for failed rows, '' otherwise",
+    "policy": "str: how the face was chosen (largest, central, all, whole_image, dataset)",
+    "features": "dict group -> 1-d float array, or None for failed rows",
+    "box": "(4,) x1 y1 x2 y2 in image pixels, or None",
+    "score": "float detector probability, or None",
+    "landmarks_detected": "(5, 2) or None",
+    "landmarks_dataset": "(5, 2) or None",
+}
+_STR_COLUMNS = ("path", "dataset", "split", "identity", "status", "error", "policy")
+_REQUIRED_META = ("backbone", "features", "vocabularies", "shard_size")
+# Manifest keys that must match for a run to resume into an existing store.
+_RESUME_KEYS = (
+    "backbone", "weights_sha256", "alignment", "precision", "features", "dtype", "shard_size",
+    "records_sha256", "vocabularies",
+)
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:05d}.h5"
+
+
+def stats_name(index: int) -> str:
+    return f"shard-{index:05d}.stats.json"
+
+
+def records_fingerprint(paths: Iterable[str]) -> str:
+    """Hash of the ordered input list: resuming with another input list would misplace shards."""
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(p.encode("utf-8", "surrogateescape"))
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def build_vocabularies(records: Iterable[Any], declared: dict[str, list[str] | None]) -> dict:
+    """Vocabularies for every task the records carry: the declared ones, and for a categorical
+    task nobody declared (a generic CSV column, a folder class), its sorted distinct values."""
+    vocab: dict[str, list[str] | None] = {k: (list(v) if v else None) for k, v in declared.items()}
+    seen: dict[str, set] = {}
+    for rec in records:
+        for task, value in rec.labels.items():
+            if task in vocab and (vocab[task] is not None or is_regression(task)):
+                continue
+            seen.setdefault(task, set()).add(str(value))
+    for task, values in seen.items():
+        vocab[task] = None if is_regression(task) else sorted(values)
+    return vocab
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+class _Lock:
+    def __init__(self, store: Path):
+        self.path = store / LOCK
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.read(fd, 4096).decode("utf-8", "replace").strip() or "another process"
+            os.close(fd)
+            raise StoreLockedError(
+                f"store {self.path.parent} is being written by {owner}; wait for that run to "
+                "finish or stop it, then run again (it resumes)"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {_now()}".encode())
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self.fd, 0)
+            os.close(self.fd)  # closing the fd drops the flock
+            self.fd = None
+
+
+class StoreWriter:
+    """Writes shards into a store directory; one live writer per store."""
+
+    def __init__(self, path: Path, meta: dict, lock: _Lock):
+        self.path = path
+        self.meta = meta
+        self._lock = lock
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, meta: dict, *, overwrite: bool = False,
+             resume: bool = True) -> StoreWriter:
+        """Create a store, or reopen one made with the same settings to resume it.
+
+        ``meta`` needs at least backbone, features (group -> dim), vocabularies, shard_size;
+        conventionally also weights_sha256, alignment, precision, dtype, dataset, root,
+        records_sha256, num_records.
+        """
+        path = Path(path)
+        missing = [k for k in _REQUIRED_META if k not in meta]
+        if missing:
+            raise StoreError(f"store metadata lacks {', '.join(missing)} (faceprobe bug)")
+        if path.exists() and not path.is_dir():
+            raise StoreError(f"{path} is a file, not a store directory; choose another --out")
+        path.mkdir(parents=True, exist_ok=True)
+        lock = _Lock(path)
+        lock.acquire()
+        try:
+            manifest_path = path / MANIFEST
+            full = {
+                "format": FORMAT, "format_version": FORMAT_VERSION,
+                "faceprobe_version": __version__, "created": _now(), "dtype": "float32", **meta,
+            }
+            if manifest_path.exists() and not overwrite:
+                old = _read_manifest(path)
+                changed = [k for k in _RESUME_KEYS if old.get(k) != full.get(k)]
+                if changed:
+                    raise StoreError(
+                        f"store {path} was written with other settings ({', '.join(changed)} "
+                        "differ); use --overwrite to replace it or choose another --out"
+                    )
+                if not resume:
+                    raise StoreError(f"store {path} exists; use --overwrite to replace it")
+                full["created"] = old.get("created", full["created"])
+            elif overwrite:
+                for p in path.iterdir():
+                    if p.name.startswith("shard-") or p.name == MANIFEST:
+                        p.unlink()
+            elif any(p.name.startswith("shard-") for p in path.iterdir()):
+                raise StoreError(f"{path} has shards but no {MANIFEST}; use --overwrite")
+            for tmp in path.glob("*.tmp"):
+                tmp.unlink()
+            _write_atomic(manifest_path, json.dumps(full, indent=1, sort_keys=True).encode())
+        except BaseException:
+            lock.release()
+            raise
+        return cls(path, full, lock)
+
+    def __enter__(self) -> StoreWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._lock.release()
+
+    def done_shards(self) -> set[int]:
+        return set(_done_shards(self.path))
+
+    def update_meta(self, **items: Any) -> None:
+        self.meta.update(items)
+        _write_atomic(self.path / MANIFEST, json.dumps(self.meta, indent=1, sort_keys=True).encode())
+
+    def write_shard(self, index: int, rows: Sequence[dict], *, extra_stats: dict | None = None
+                    ) -> dict:
+        """Write rows as shard ``index`` atomically; returns its stats."""
+        if self._lock.fd is None:
+            raise StoreError(f"store {self.path} writer is closed")
+        columns = encode_rows(rows, self.meta)
+        h5_path = self.path / shard_name(index)
+        tmp = h5_path.with_name(h5_path.name + ".tmp")
+        with h5py.File(tmp, "w", libver="latest") as f:
+            for name, arr in columns.items():
+                f.create_dataset(name, data=arr)
+            f.attrs["shard"] = index
+            f.attrs["rows"] = len(rows)
+            f.attrs["backbone"] = self.meta["backbone"]
+            f.attrs["faceprobe_version"] = __version__
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, h5_path)
+        stats = {
+            "shard": index, "rows": len(rows),
+            "status": dict(Counter(r["status"] for r in rows)),
+            "sha256": file_sha256(h5_path), "bytes": h5_path.stat().st_size,
+            "backbone": self.meta["backbone"], "created": _now(), **(extra_stats or {}),
+        }
+        _write_atomic(self.path / stats_name(index), json.dumps(stats, sort_keys=True).encode())
+        _fsync_dir(self.path)
+        return stats
+
+
+def encode_rows(rows: Sequence[dict], meta: dict) -> dict[str, np.ndarray]:
+    """Row dicts -> the shard's column arrays (validated against the manifest)."""
+    n = len(rows)
+    str_dt = h5py.string_dtype("utf-8")
+    cols: dict[str, np.ndarray] = {}
+    for name in _STR_COLUMNS:
+        cols[name] = np.array([_text(r.get(name)) for r in rows], dtype=object).astype(str_dt) \
+            if n else np.zeros(0, dtype=str_dt)
+    for r in rows:
+        if r.get("status") not in STATUSES:
+            raise StoreError(f"row {r.get('path')!r} has unknown status {r.get('status')!r}")
+    cols["face"] = np.array([int(r.get("face") or 0) for r in rows], dtype=np.int16)
+    dtype = np.float16 if meta.get("dtype") == "float16" else np.float32
+    for group, dim in meta["features"].items():
+        arr = np.full((n, int(dim)), np.nan, dtype=dtype)
+        for i, r in enumerate(rows):
+            vec = (r.get("features") or {}).get(group)
+            if vec is None:
+                continue
+            vec = np.asarray(vec, dtype=np.float32).reshape(-1)
+            if vec.shape[0] != int(dim):
+                raise StoreError(
+                    f"feature {group!r} of {r['path']} has dimension {vec.shape[0]}, "
+                    f"the store expects {dim}"
+                )
+            arr[i] = vec
+        cols[f"features/{group}"] = arr
+    for task, vocab in meta["vocabularies"].items():
+        cols[f"labels/{task}"] = _encode_labels(task, vocab, rows)
+    cols["box"] = _stack(rows, "box", (4,))
+    cols["score"] = np.array(
+        [np.nan if r.get("score") is None else float(r["score"]) for r in rows], dtype=np.float32
+    )
+    cols["landmarks_detected"] = _stack(rows, "landmarks_detected", (5, 2))
+    cols["landmarks_dataset"] = _stack(rows, "landmarks_dataset", (5, 2))
+    return cols
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    return str(value).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _stack(rows: Sequence[dict], key: str, shape: tuple[int, ...]) -> np.ndarray:
+    out = np.full((len(rows), *shape), np.nan, dtype=np.float32)
+    for i, r in enumerate(rows):
+        if r.get(key) is not None:
+            out[i] = np.asarray(r[key], dtype=np.float32).reshape(shape)
+    return out
+
+
+def _encode_labels(task: str, vocab: list[str] | None, rows: Sequence[dict]) -> np.ndarray:
+    if vocab is None:
+        out = np.full(len(rows), np.nan, dtype=np.float32)
+        for i, r in enumerate(rows):
+            v = (r.get("labels") or {}).get(task)
+            if v is not None:
+                out[i] = float(v)
+        return out
+    index = {name: k for k, name in enumerate(vocab)}
+    out = np.full(len(rows), -1, dtype=np.int16)
+    for i, r in enumerate(rows):
+        v = (r.get("labels") or {}).get(task)
+        if v is None:
+            continue
+        try:
+            out[i] = index[str(v)]
+        except KeyError:
+            raise StoreError(
+                f"label {task}={v!r} of {r['path']} is not in the store's vocabulary {vocab}"
+            ) from None
+    return out
+
+
+def _read_manifest(path: Path) -> dict:
+    try:
+        meta = json.loads((path / MANIFEST).read_text())
+    except FileNotFoundError:
+        raise StoreError(f"{path} is not a faceprobe store (no {MANIFEST}); "
+                         "create one with `faceprobe embed`") from None
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"{path / MANIFEST} is damaged ({exc}); re-embed with --overwrite") from None
+    if meta.get("format") != FORMAT:
+        raise StoreError(f"{path / MANIFEST} is not a faceprobe store manifest")
+    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+        raise StoreError(
+            f"store {path} has format {meta.get('format_version')}, newer than this faceprobe "
+            f"({__version__}) reads; upgrade faceprobe"
+        )
+    return meta
+
+
+def _done_shards(path: Path) -> list[int]:
+    done = []
+    for p in path.iterdir():
+        m = _SHARD_RE.match(p.name)
+        if m and (path / shard_name(int(m.group(1)))).exists():
+            done.append(int(m.group(1)))
+    return sorted(done)
+
+
+@dataclass
+class StoreData:
+    """Rows read from a store, as numpy columns (see docs/CONTRACTS.md)."""
+
+    X: dict[str, np.ndarray]
+    y: dict[str, np.ndarray]
+    path: np.ndarray
+    split: np.ndarray
+    identity: np.ndarray
+    status: np.ndarray
+    dataset: np.ndarray
+    box: np.ndarray
+    score: np.ndarray
+    landmarks_detected: np.ndarray
+    landmarks_dataset: np.ndarray
+    row_id: np.ndarray
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.path)
+
+    def subset(self, mask: np.ndarray) -> StoreData:
+        def sel(a):
+            return a[mask]
+        return StoreData(
+            X={k: sel(v) for k, v in self.X.items()}, y={k: sel(v) for k, v in self.y.items()},
+            path=sel(self.path), split=sel(self.split), identity=sel(self.identity),
+            status=sel(self.status), dataset=sel(self.dataset), box=sel(self.box),
+            score=sel(self.score), landmarks_detected=sel(self.landmarks_detected),
+            landmarks_dataset=sel(self.landmarks_dataset), row_id=sel(self.row_id),
+            extra={k: sel(v) for k, v in self.extra.items()},
+        )
+
+    @staticmethod
+    def concat(parts: Sequence[StoreData]) -> StoreData:
+        first = parts[0]
+
+        def cat(get):
+            return np.concatenate([get(p) for p in parts])
+        return StoreData(
+            X={k: cat(lambda p, k=k: p.X[k]) for k in first.X},
+            y={k: cat(lambda p, k=k: p.y[k]) for k in first.y},
+            path=cat(lambda p: p.path), split=cat(lambda p: p.split),
+            identity=cat(lambda p: p.identity), status=cat(lambda p: p.status),
+            dataset=cat(lambda p: p.dataset), box=cat(lambda p: p.box),
+            score=cat(lambda p: p.score), landmarks_detected=cat(lambda p: p.landmarks_detected),
+            landmarks_dataset=cat(lambda p: p.landmarks_dataset), row_id=cat(lambda p: p.row_id),
+            extra={k: cat(lambda p, k=k: p.extra[k]) for k in first.extra},
+        )
+
+
+class Store:
+    """Read access to a store directory."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise StoreError(f"store {self.path} does not exist; create it with `faceprobe embed`")
+        self.meta = _read_manifest(self.path)
+
+    @property
+    def vocabularies(self) -> dict[str, list[str] | None]:
+        return self.meta["vocabularies"]
+
+    @property
+    def feature_dims(self) -> dict[str, int]:
+        return {k: int(v) for k, v in self.meta["features"].items()}
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.vocabularies)
+
+    def shards(self) -> list[int]:
+        return _done_shards(self.path)
+
+    def shard_stats(self) -> list[dict]:
+        out = []
+        for i in self.shards():
+            try:
+                out.append(json.loads((self.path / stats_name(i)).read_text()))
+            except (OSError, ValueError) as exc:
+                raise StoreError(f"{self.path / stats_name(i)} is damaged ({exc}); "
+                                 "run `faceprobe store verify` and re-embed with --repair") from None
+        return out
+
+    def info(self) -> dict:
+        stats = self.shard_stats()
+        status: Counter = Counter()
+        for s in stats:
+            status.update(s["status"])
+        m = self.meta
+        return {
+            "path": str(self.path), "rows": sum(s["rows"] for s in stats),
+            "status": dict(sorted(status.items())),
+            "dim": self.feature_dims.get("embedding", next(iter(self.feature_dims.values()), 0)),
+            "features": self.feature_dims, "backbone": m["backbone"],
+            "weights_sha256": m.get("weights_sha256"), "alignment": m.get("alignment"),
+            "precision": m.get("precision"), "dtype": m.get("dtype"),
+            "dataset": m.get("dataset"), "root": m.get("root"),
+            "shards": len(stats), "shards_expected": m.get("num_shards"),
+            "complete": m.get("num_shards") is None or len(stats) == m.get("num_shards"),
+            "tasks": {t: (v if v is None else len(v)) for t, v in self.vocabularies.items()},
+            "faceprobe_version": m.get("faceprobe_version"), "created": m.get("created"),
+        }
+
+    def _check_request(self, features: Sequence[str], tasks: Sequence[str] | None) -> None:
+        for g in features:
+            if g not in self.feature_dims:
+                raise StoreError(
+                    f"store {self.path} has no feature group {g!r} (it has "
+                    f"{', '.join(self.feature_dims)}); add it with `faceprobe embed ... "
+                    f"--out {self.path} --add-features {g}`"
+                )
+        for t in tasks or ():
+            if t not in self.vocabularies:
+                raise StoreError(f"store {self.path} has no labels for task {t!r}; "
+                                 f"it has: {', '.join(self.vocabularies) or 'none'}")
+
+    def read_shard(self, index: int, features: Sequence[str] = ("embedding",),
+                   tasks: Sequence[str] | None = None) -> StoreData:
+        self._check_request(features, tasks)
+        tasks = list(self.vocabularies) if tasks is None else list(tasks)
+        p = self.path / shard_name(index)
+        try:
+            with h5py.File(p, "r") as f:
+                n = int(f.attrs["rows"])
+
+                def strs(name):
+                    return f[name].asstr()[...].astype(object) if n else np.zeros(0, object)
+                return StoreData(
+                    X={g: f[f"features/{g}"][...].astype(np.float32, copy=False) for g in features},
+                    y={t: f[f"labels/{t}"][...] for t in tasks},
+                    path=strs("path"), split=strs("split"), identity=strs("identity"),
+                    status=strs("status"), dataset=strs("dataset"), box=f["box"][...],
+                    score=f["score"][...], landmarks_detected=f["landmarks_detected"][...],
+                    landmarks_dataset=f["landmarks_dataset"][...],
+                    row_id=np.stack([np.full(n, index), np.arange(n)], axis=1).astype(np.int64),
+                    extra={"error": strs("error"), "policy": strs("policy"),
+                           "face": f["face"][...]},
+                )
+        except (OSError, KeyError) as exc:
+            raise StoreError(f"shard {p} is unreadable ({exc}); run `faceprobe store verify "
+                             f"{self.path}` and re-embed it with --repair") from None
+
+    def iter_batches(self, batch_size: int = 65536, *, features: Sequence[str] = ("embedding",),
+                     tasks: Sequence[str] | None = None, splits: Sequence[str] | None = None,
+                     usable_only: bool = True) -> Iterator[StoreData]:
+        """Rows in store order, at most ``batch_size`` at a time; memory is bounded by one shard
+        plus one batch."""
+        pending: list[StoreData] = []
+        count = 0
+        for i in self.shards():
+            d = self.read_shard(i, features, tasks)
+            mask = np.ones(len(d), dtype=bool)
+            if usable_only:
+                mask &= np.isin(d.status, USABLE_STATUSES)
+            if splits is not None:
+                mask &= np.isin(d.split, list(splits))
+            if not mask.all():
+                d = d.subset(mask)
+            while len(d):
+                take = min(batch_size - count, len(d))
+                pending.append(d.subset(np.arange(take)))
+                count += take
+                d = d.subset(np.arange(take, len(d)))
+                if count == batch_size:
+                    yield StoreData.concat(pending)
+                    pending, count = [], 0
+        if pending:
+            yield StoreData.concat(pending)
+
+    def load(self, features: Sequence[str] = ("embedding",), tasks: Sequence[str] | None = None,
+             splits: Sequence[str] | None = None, usable_only: bool = True) -> StoreData:
+        """All matching rows in memory."""
+        parts = list(self.iter_batches(1 << 62, features=features, tasks=tasks, splits=splits,
+                                       usable_only=usable_only))
+        if not parts:
+            self._check_request(features, tasks)
+            raise StoreError(f"store {self.path} has no usable rows"
+                             + (f" in splits {', '.join(splits)}" if splits else ""))
+        return parts[0] if len(parts) == 1 else StoreData.concat(parts)
+
+    def verify(self) -> dict:
+        """Check every shard against its stats (checksum, rows) and the manifest."""
+        damaged: list[dict] = []
+        for p in self.path.glob("shard-*.h5"):
+            idx = int(p.stem.split("-")[1])
+            if not (self.path / stats_name(idx)).exists():
+                damaged.append({"shard": idx, "problem": "no stats file (interrupted write)"})
+        for s in self.shard_stats():
+            idx = s["shard"]
+            p = self.path / shard_name(idx)
+            if file_sha256(p) != s.get("sha256"):
+                damaged.append({"shard": idx, "problem": "checksum differs from its stats"})
+                continue
+            try:
+                with h5py.File(p, "r") as f:
+                    n = int(f.attrs["rows"])
+                    bad = [k for k in ("path", "status", "box") if f[k].shape[0] != n]
+                    bad += [g for g in self.feature_dims if f[f"features/{g}"].shape[0] != n]
+            except (OSError, KeyError) as exc:
+                damaged.append({"shard": idx, "problem": f"unreadable ({exc})"})
+                continue
+            if bad or n != s["rows"]:
+                damaged.append({"shard": idx, "problem": "row count differs from its stats"})
+        expected = self.meta.get("num_shards")
+        missing = []
+        if expected is not None:
+            present = set(self.shards())
+            missing = [i for i in range(int(expected)) if i not in present]
+        return {"ok": not damaged and not missing, "shards": len(self.shards()),
+                "damaged": sorted(damaged, key=lambda d: d["shard"]), "missing": missing}

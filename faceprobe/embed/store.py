@@ -214,7 +214,7 @@ class StoreWriter:
                 full["created"] = old.get("created", full["created"])
             elif overwrite:
                 for p in path.iterdir():
-                    if p.name.startswith("shard-") or p.name == MANIFEST:
+                    if p.name.startswith(("shard-", "extra-")) or p.name == MANIFEST:
                         p.unlink()
             elif any(p.name.startswith("shard-") for p in path.iterdir()):
                 raise StoreError(f"{path} has shards but no {MANIFEST}; use --overwrite")

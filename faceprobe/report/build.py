@@ -109,15 +109,19 @@ def _thumb(path: str, box: np.ndarray) -> np.ndarray | None:
     return im
 
 
-def write_report(metrics: dict, context: dict, out_dir: str | Path) -> Path:
+def write_report(metrics: dict, context: dict, out_dir: str | Path, *, title: str | None = None,
+                 extra_sections: list[tuple[str, str]] = ()) -> Path:
+    """Write index.html (+ metrics.json, summary.md); ``extra_sections`` go first."""
     from faceprobe.report import plots
     from faceprobe.report.html import Markup, ReportWriter, fmt_ci, img, markdown_table, table
 
     sub, outputs, bundle = context["data"], context["outputs"], context["bundle"]
     w = ReportWriter(
-        f"faceprobe report: {Path(str(bundle.path)).name}",
+        title or f"faceprobe report: {Path(str(bundle.path)).name}",
         f"head {metrics['head']} on {metrics['backbone']} ({', '.join(metrics['features'])}); "
         f"store {metrics['store']}; {metrics['rows']} rows, {metrics['rows_described']}")
+    for heading, body_html in extra_sections:
+        w.section(heading, body_html)
     head = ["task", "n", "accuracy [95% CI]", "balanced acc. [95% CI]", "macro F1", "kappa",
             "ROC AUC"]
     rows, md_rows = [], []

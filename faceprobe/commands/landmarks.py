@@ -1,0 +1,164 @@
+"""``faceprobe landmarks evaluate|train|predict``: a few lines over ``faceprobe.landmarks``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    group = sub.add_parser(
+        "landmarks", help="5-point landmarks: evaluate NME, train and run a KeypointRCNN",
+        description="Measure landmark error against a store's ground-truth points (MTFL, CelebA), "
+                    "and train/predict a torchvision KeypointRCNN whose points are written into "
+                    "the store as the extra field landmarks_rcnn.")
+    lsub = group.add_subparsers(dest="landmarks_command", metavar="SUBCOMMAND")
+    group.set_defaults(func=lambda _a: (group.print_help(), 2)[1])
+
+    p = lsub.add_parser(
+        "evaluate", help="normalised mean error (NME) of predicted vs. ground-truth points",
+        description="Compare the detector's points (or KeypointRCNN's) with the dataset's, in "
+                    "original image coordinates: NME, per-point error, failure rate at NME > "
+                    "0.10; rows with ground truth but no prediction are counted as missing.")
+    p.add_argument("store", metavar="STORE", help="embedding store with ground-truth landmarks")
+    p.add_argument("--source", choices=("detected", "rcnn"), default="detected",
+                   help="points to evaluate: the embed stage's detector (detected) or "
+                        "`landmarks predict` output (rcnn) (default: detected)")
+    p.add_argument("--norm", choices=("interocular", "interpupil", "box"), default="interocular",
+                   help="normalising distance: between the true eye points, or the face box "
+                        "diagonal (default: interocular)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--report", metavar="DIR",
+                   help="also write an HTML report (CED curve, overlays of worst and median "
+                        "faces) here")
+    p.set_defaults(func=_evaluate)
+
+    p = lsub.add_parser(
+        "train", help="train (or resume) a KeypointRCNN on a store's ground-truth landmarks",
+        description="Fine-tune torchvision's keypointrcnn_resnet50_fpn with 5 keypoints on every "
+                    "row that has dataset landmarks. A checkpoint is written to MODEL after every "
+                    "epoch; running again with the same --out resumes it. Uses CUDA when present; "
+                    "on a CPU it runs, slowly.")
+    p.add_argument("store", metavar="STORE", help="embedding store with ground-truth landmarks")
+    p.add_argument("--out", required=True, metavar="MODEL",
+                   help="model directory (checkpoint.pt, history.json); resumed if it exists")
+    p.add_argument("--epochs", type=int, metavar="N",
+                   help="total epochs, counting those already done (default: 10, or the "
+                        "checkpoint's)")
+    p.add_argument("--device", default="auto",
+                   help="auto, cpu, cuda or cuda:N (default: auto = cuda when available)")
+    p.add_argument("--weights", metavar="coco|imagenet|none|FILE",
+                   help="initial weights: COCO keypoint model, ImageNet ResNet-50 backbone (looked "
+                        "up in $FACEPROBE_HOME/weights and torch's checkpoint cache, never "
+                        "downloaded), none (random) or a file (default: coco)")
+    p.add_argument("--classes", choices=("face", "gender"),
+                   help="detection classes: face, or woman/man so the model also predicts gender "
+                        "(default: face)")
+    p.add_argument("--batch-size", type=int, metavar="N", help="images per step (default: 4)")
+    p.add_argument("--lr", type=float, help="AdamW learning rate (default: 1e-4)")
+    p.add_argument("--image-size", type=int, metavar="PX",
+                   help="shorter image side inside the model (default: 512; small values such "
+                        "as 128 for CPU smoke tests)")
+    p.add_argument("--max-iters", type=int, metavar="N",
+                   help="stop each epoch after N iterations (smoke tests)")
+    p.add_argument("--rois-per-image", type=int, metavar="N",
+                   help="proposals sampled per image for the heads, a quarter positive "
+                        "(default: 128; e.g. 16 for CPU smoke tests)")
+    p.add_argument("--splits", nargs="+", metavar="NAME",
+                   help="train only on these splits, e.g. train (default: all rows)")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="image loading processes (default: 4 on CUDA, 0 on CPU)")
+    p.add_argument("--seed", type=int, help="seed for shuffling and flips (default: 0)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=_train)
+
+    p = lsub.add_parser(
+        "predict", help="write KeypointRCNN points and scores into a store (landmarks_rcnn)",
+        description="Run a trained model over every row's image, keep the detection that "
+                    "overlaps the row's box most (else the best-scoring one) and write its points "
+                    "and scores as extra fields next to the shards, which are not modified. "
+                    "Shards already done by the same model are skipped.")
+    p.add_argument("model", metavar="MODEL", help="model directory made by `landmarks train`")
+    p.add_argument("store", metavar="STORE", help="embedding store to annotate")
+    p.add_argument("--batch-size", type=int, default=8, metavar="N",
+                   help="images per forward pass (default: 8)")
+    p.add_argument("--device", default="auto",
+                   help="auto, cpu, cuda or cuda:N (default: auto = cuda when available)")
+    p.add_argument("--max-detections", type=int, default=5, metavar="N",
+                   help="candidate faces per image to choose from (default: 5)")
+    p.add_argument("--proposals", type=int, metavar="N",
+                   help="region proposals scored per image (default: the model's, 300)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="redo shards that already have predictions")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=_predict)
+
+
+def _clean(o):
+    """JSON has no NaN: missing numbers print as null."""
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {k: _clean(v) for k, v in o.items()}
+    if isinstance(o, list | tuple):
+        return [_clean(v) for v in o]
+    return o
+
+
+def _f(v: float) -> str:
+    return "n/a" if v is None or not math.isfinite(v) else f"{v:.4f}"
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from faceprobe.landmarks.evaluate import evaluate_landmarks
+
+    r = evaluate_landmarks(args.store, source=args.source, norm=args.norm,
+                           report_dir=args.report)
+    if args.json:
+        print(json.dumps(_clean(r), indent=1))
+        return 0
+    print(f"{args.source} landmarks, NME ({r['norm']}) {_f(r['nme'])}, median {_f(r['median'])}, "
+          f"failure rate {_f(r['failure_rate'])} at > {r['failure_threshold']}; "
+          f"{r['evaluated']} faces evaluated, {r['missing']} missing")
+    for name, v in zip(r["point_names"], r["per_point"], strict=True):
+        print(f"  {name:<12} {_f(v)}")
+    for ds, sub in r.get("per_dataset", {}).items():
+        print(f"  {ds}: NME {_f(sub['nme'])}, median {_f(sub['median'])}, "
+              f"{sub['evaluated']} evaluated, {sub['missing']} missing")
+    if args.report:
+        print(f"report: {args.report}")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from faceprobe.landmarks.rcnn import train
+
+    r = train(args.store, args.out, epochs=args.epochs, device=args.device, weights=args.weights,
+              classes=args.classes, batch_size=args.batch_size, lr=args.lr,
+              image_size=args.image_size, max_iters=args.max_iters, splits=args.splits,
+              workers=args.workers, seed=args.seed, rois_per_image=args.rois_per_image)
+    if args.json:
+        print(json.dumps(_clean(r), indent=1))
+        return 0
+    last = r["history"][-1] if r["history"] else {}
+    print(f"model {r['model']}: {r['epochs_done']} epoch(s) on {r['faces']} faces ({r['device']})"
+          + (f", last loss {last['loss']:.4f}" if "loss" in last else ""))
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from faceprobe.landmarks.rcnn import predict
+
+    r = predict(args.model, args.store, batch_size=args.batch_size, device=args.device,
+                overwrite=args.overwrite, max_detections=args.max_detections,
+                proposals=args.proposals)
+    if args.json:
+        print(json.dumps(_clean(r), indent=1))
+        return 0
+    print(f"{r['rows']} rows predicted in {r['written']} shard(s) ({r['skipped']} already done): "
+          f"{r['predicted']} with points, {r['no_detection']} without a detection, "
+          f"{r['unreadable']} unreadable")
+    if r.get("gender_accuracy") is not None:
+        print(f"gender accuracy {r['gender_accuracy']:.4f} on {r['gender_evaluated']} rows")
+    return 0

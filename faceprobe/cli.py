@@ -40,6 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     except FaceprobeError as exc:
         print(f"faceprobe: error: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # output piped into `head` and closed early: not an error of the run
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("faceprobe: interrupted; run the same command again to resume", file=sys.stderr)
         return 130

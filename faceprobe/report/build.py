@@ -159,7 +159,7 @@ def write_report(metrics: dict, context: dict, out_dir: str | Path, *, title: st
         figs.append(img(plots.calibration_png(y, proba, f"{task}: calibration"),
                         f"{task} calibration"))
         per_class = table(["class", "precision", "recall", "F1", "support"],
-                          [[c, v["precision"], v["recall"], v["f1-score"], v["support"]]
+                          [[c, v["precision"], v["recall"], v["f1-score"], int(v["support"])]
                            for c, v in m["per_class"].items()])
         w.section(f"Task: {task}", per_class + f"<div class='figs'>{''.join(figs)}</div>")
     if "age" in metrics and metrics["age"].get("n"):

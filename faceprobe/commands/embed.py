@@ -1,0 +1,108 @@
+"""``faceprobe embed`` (a dataset into a store) and ``faceprobe store info``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "embed", help="detect, align and embed every image of a dataset into a store",
+        description="Detect faces (MTCNN), align them and embed them with a backbone, writing "
+                    "HDF5 shards. Re-running the same command resumes where a run stopped.")
+    p.add_argument("dataset", help="dataset format (see `faceprobe data formats`), e.g. lfw, utkface")
+    p.add_argument("--root", required=True, help="the dataset's directory")
+    p.add_argument("--out", required=True, help="store directory to create or resume")
+    p.add_argument("--backbone", required=True,
+                   help="facenet.vggface2, facenet.casia-webface, arcface.onnx or dlib.resnet")
+    p.add_argument("--weights", default=None,
+                   help="weights file; 'random' for seeded random weights (FaceNet, tests only); "
+                        "default: the backbone's file from $FACEPROBE_HOME/weights, torch's cache "
+                        "or its download URL")
+    p.add_argument("--batch-size", type=int, default=64, help="faces per backbone call (default 64)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="where models run; auto = cuda when available")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
+                   help="backbone precision: bf16 uses AMX on recent CPUs, fp16 needs CUDA")
+    p.add_argument("--workers", type=int, default=None,
+                   help="processes that decode, detect and align (default: CPU count; 0 = inline)")
+    p.add_argument("--limit", type=int, default=None, help="embed only the first N records")
+    p.add_argument("--shard-size", type=int, default=1000,
+                   help="records per shard: the unit of resume (default 1000)")
+    p.add_argument("--multi-face", default="largest", choices=("largest", "central", "all"),
+                   help="several faces: keep the largest, the most central, or all (one row each)")
+    p.add_argument("--no-face", default="skip", choices=("skip", "whole_image"),
+                   help="no face found: a no_face row, or embed the whole (pre-cropped) image")
+    p.add_argument("--min-face-size", type=float, default=None,
+                   help="smallest face in pixels (default: a fifth of the image's short side, "
+                        "retried at 20 px when nothing is found)")
+    p.add_argument("--landmarks", default="detect", choices=("detect", "dataset"),
+                   help="dataset: align with the dataset's own 5 points where a record has them, "
+                        "skipping detection")
+    p.add_argument("--features", default="embedding",
+                   help="comma-separated feature groups to store: embedding[,pooled] "
+                        "(pooled: FaceNet's 1792-d layer)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing store instead of resuming it")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=run_embed)
+
+    s = subparsers.add_parser("store", help="inspect an embedding store",
+                              description="Inspect an embedding store.")
+    ssub = s.add_subparsers(dest="store_command", metavar="SUBCOMMAND")
+    info = ssub.add_parser("info", help="rows by status, dimension, backbone, settings",
+                           description="Summarise a store: rows, statuses, dimension, backbone.")
+    info.add_argument("store", help="store directory")
+    info.add_argument("--json", action="store_true", help="print as JSON")
+    info.set_defaults(func=run_store_info)
+    s.set_defaults(func=lambda args: (s.print_help(), 2)[1])
+
+
+def run_embed(args: argparse.Namespace) -> int:
+    from faceprobe.data.registry import get_reader
+    from faceprobe.embed.pipeline import embed_dataset, format_summary
+
+    reader = get_reader(args.dataset, args.root)
+    features = tuple(f.strip() for f in args.features.split(",") if f.strip())
+    summary = embed_dataset(
+        reader.records(), args.out, args.backbone, weights=args.weights,
+        shard_size=args.shard_size, batch_size=args.batch_size, device=args.device,
+        precision=args.precision, workers=args.workers, limit=args.limit,
+        multi_face=args.multi_face, no_face=args.no_face, min_face_size=args.min_face_size,
+        landmarks=args.landmarks, features=features, overwrite=args.overwrite,
+        show_progress=not args.no_progress, vocabularies=reader.vocabularies(),
+        dataset=reader.name, root=str(args.root),
+    )
+    if args.json:
+        print(json.dumps(summary, indent=1))
+    else:
+        print(format_summary(summary))
+    return 0
+
+
+def run_store_info(args: argparse.Namespace) -> int:
+    from faceprobe.embed.store import Store
+
+    info = Store(args.store).info()
+    if args.json:
+        json.dump(info, sys.stdout, indent=1)
+        print()
+        return 0
+    status = ", ".join(f"{k} {v}" for k, v in info["status"].items()) or "none"
+    lines = [
+        f"store      {info['path']}",
+        f"rows       {info['rows']} ({status})",
+        f"backbone   {info['backbone']} ({info['dim']}-d, {info.get('precision')}), features "
+        + ", ".join(f"{k} {v}" for k, v in info["features"].items()),
+        f"weights    {info.get('weights_sha256')}",
+        f"alignment  {info.get('alignment')}",
+        f"dataset    {info.get('dataset')} at {info.get('root')}",
+        f"shards     {info['shards']}/{info.get('shards_expected')}"
+        + ("" if info.get("complete") else " (incomplete: re-run the embed command to resume)"),
+        "tasks      " + (", ".join(info["tasks"]) or "none"),
+    ]
+    print("\n".join(lines))
+    return 0

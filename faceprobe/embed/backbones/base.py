@@ -1,0 +1,223 @@
+"""What every backbone shares: its config, device/precision choice, weights resolution, batching.
+
+A backbone's :class:`BackboneConfig` travels with it so that preprocessing (chip size, alignment,
+template, normalisation) cannot drift from what its weights were trained with: the pipeline asks
+the backbone, never a separate setting.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from faceprobe.errors import ConfigError, WeightsError
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+DOWNLOAD_TIMEOUT_S = 30
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    name: str
+    input_size: int
+    mean: float
+    std: float
+    embedding_dim: int
+    alignment: str  # 'similarity' (5 points onto template) or 'crop' (margin crop of the box)
+    template: tuple | None = None  # (5, 2) points in input_size pixels for 'similarity'
+    margin: float = 0.0  # crop margin in output pixels (facenet-pytorch's convention)
+    feature_dims: dict = field(default_factory=dict)  # group -> dim; always has 'embedding'
+
+    def as_dict(self) -> dict:
+        return {
+            "name": self.name, "input_size": self.input_size, "mean": self.mean, "std": self.std,
+            "embedding_dim": self.embedding_dim, "alignment": self.alignment,
+            "template": None if self.template is None else [list(p) for p in self.template],
+            "margin": self.margin, "feature_dims": dict(self.feature_dims),
+        }
+
+
+def faceprobe_home() -> Path:
+    return Path(os.environ.get("FACEPROBE_HOME", "~/.faceprobe")).expanduser()
+
+
+def weights_dir() -> Path:
+    return faceprobe_home() / "weights"
+
+
+def offline() -> bool:
+    return os.environ.get("FACEPROBE_OFFLINE", "") not in ("", "0") or \
+        os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def torch_checkpoint_dirs() -> list[Path]:
+    """Where torch (and facenet-pytorch, which uses $TORCH_HOME/checkpoints) cache weights."""
+    hub = Path(torch.hub.get_dir())
+    dirs = [hub / "checkpoints", hub.parent / "checkpoints"]
+    return list(dict.fromkeys(dirs))
+
+
+def resolve_weights(filename: str, explicit: str | os.PathLike | None, url: str | None,
+                    extra_dirs: Sequence[Path] = (), what: str = "weights") -> Path:
+    """``explicit`` file, else ``$FACEPROBE_HOME/weights/<filename>``, else ``extra_dirs`` (torch's
+    checkpoint cache), else download ``url`` into ``$FACEPROBE_HOME/weights`` when online."""
+    if explicit is not None:
+        p = Path(explicit).expanduser()
+        if not p.is_file():
+            raise WeightsError(f"{what} file {p} not found")
+        return p
+    target = weights_dir() / filename
+    for d in (weights_dir(), *extra_dirs):
+        if (d / filename).is_file():
+            return d / filename
+    looked = ", ".join(str(d) for d in (weights_dir(), *extra_dirs))
+    hint = (f"download {url or filename} on a connected machine and put it in {weights_dir()} "
+            f"(or set FACEPROBE_HOME, or pass --weights FILE)")
+    if url is None:
+        raise WeightsError(f"{what} {filename} not found (looked in {looked}); {hint}")
+    if offline():
+        raise WeightsError(f"{what} {filename} not found (looked in {looked}) and FACEPROBE_OFFLINE "
+                           f"is set; {hint}")
+    try:
+        _download(url, target)
+    except (urllib.error.URLError, OSError, TimeoutError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        raise WeightsError(f"{what} {filename} not found (looked in {looked}) and downloading it "
+                           f"failed ({reason}); {hint}") from None
+    return target
+
+
+def _download(url: str, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    req = urllib.request.Request(url, headers={"User-Agent": "faceprobe"})
+    # written to a temporary name and renamed, so an interrupted download never looks complete
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=target.name + ".", suffix=".part")
+    try:
+        with urllib.request.urlopen(req, timeout=DOWNLOAD_TIMEOUT_S) as resp, os.fdopen(fd, "wb") as f:
+            while block := resp.read(1 << 20):
+                f.write(block)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' asked for but CUDA is not available; use --device cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device {device!r}; choose auto, cpu or cuda")
+    return dev
+
+
+def check_precision(precision: str, device: torch.device, supported: Sequence[str] = PRECISIONS,
+                    name: str = "") -> str:
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if precision not in supported:
+        raise ConfigError(f"backbone {name} runs in {', '.join(supported)} only, not {precision}")
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError("fp16 needs a CUDA device (CPUs have no fast fp16 path); "
+                          "use --precision bf16 on a CPU")
+    return precision
+
+
+def as_batch(faces, size: int, name: str) -> np.ndarray:
+    """Faces as a (n, size, size, 3) uint8 array; a single face becomes a batch of one."""
+    if isinstance(faces, np.ndarray):
+        arr = faces[None] if faces.ndim == 3 else faces
+    else:
+        faces = list(faces)
+        arr = np.stack(faces) if faces else np.zeros((0, size, size, 3), np.uint8)
+    if arr.ndim != 4 or arr.shape[1:] != (size, size, 3):
+        raise ValueError(f"backbone {name} takes {size}x{size} RGB chips, got an array of shape "
+                         f"{arr.shape}; align faces with faceprobe.embed.align first")
+    if arr.dtype != np.uint8:
+        arr = np.clip(arr, 0, 255).astype(np.uint8)
+    return arr
+
+
+def l2_normalise(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    return (x / np.maximum(norm, 1e-12)).astype(np.float32)
+
+
+class Backbone:
+    """Base class: subclasses set ``config``, ``weights_sha256``, ``device``, ``precision`` and
+    implement ``_features(batch uint8 NHWC, groups) -> dict group -> (n, dim) float32``."""
+
+    config: BackboneConfig
+    weights_sha256: str
+    weights_path: str | None = None
+    device: torch.device
+    precision: str = "fp32"
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def feature_dims(self) -> dict[str, int]:
+        return dict(self.config.feature_dims)
+
+    def check_groups(self, groups: Sequence[str]) -> tuple[str, ...]:
+        groups = tuple(groups)
+        unknown = [g for g in groups if g not in self.config.feature_dims]
+        if unknown:
+            raise ConfigError(f"backbone {self.name} has no feature group(s) {', '.join(unknown)}; "
+                              f"it has: {', '.join(self.config.feature_dims)}")
+        return groups
+
+    def features(self, faces, groups: Sequence[str] = ("embedding", "pooled"), batch_size: int = 64,
+                 show_progress_bar: bool = False) -> dict[str, np.ndarray]:
+        """Feature groups of aligned chips, computed in batches of ``batch_size``."""
+        groups = self.check_groups(groups)
+        arr = as_batch(faces, self.config.input_size, self.name)
+        n = len(arr)
+        out = {g: np.zeros((n, self.config.feature_dims[g]), np.float32) for g in groups}
+        starts = range(0, n, max(1, int(batch_size)))
+        if show_progress_bar:
+            from tqdm.auto import tqdm
+            starts = tqdm(starts, total=len(starts), unit="batch", desc=self.name)
+        for s in starts:
+            part = self._features(arr[s:s + batch_size], groups)
+            for g in groups:
+                out[g][s:s + batch_size] = part[g]
+        return out
+
+    def embed(self, faces, batch_size: int = 64, show_progress_bar: bool = False) -> np.ndarray:
+        """(n, embedding_dim) float32, L2-normalised; one row per face."""
+        return self.features(faces, ("embedding",), batch_size, show_progress_bar)["embedding"]
+
+    def _features(self, batch: np.ndarray, groups: tuple[str, ...]) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        return {**self.config.as_dict(), "weights_sha256": self.weights_sha256,
+                "weights": self.weights_path, "device": str(self.device),
+                "precision": self.precision}
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(name={self.name!r}, device={str(self.device)!r}, "
+                f"precision={self.precision!r})")

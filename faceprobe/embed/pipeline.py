@@ -1,0 +1,379 @@
+"""The embed pass: records -> decode -> detect -> align -> backbone -> rows -> store shards.
+
+Decisions:
+- Records are cut into shards of ``shard_size`` consecutive records (the store's contract); a
+  resumed run skips complete shards, so a kill loses at most the shards in flight.
+- Decoding, detection and alignment run in worker processes (a torch DataLoader over chunks of
+  ~16 records, one torch thread per worker) while the main process runs the backbone on batches
+  of chips. On a CPU MTCNN is the bottleneck and its small convolutions scale badly with
+  intra-op threads, so processes beat threads. On CUDA the workers only decode and detection
+  runs batched on the GPU in the main process.
+- Chips are embedded in batches of ``batch_size`` counted from the start of each shard, so a
+  shard's batches, and with them its bits, do not depend on what ran before (resume = rerun).
+- Nothing about one image can stop the run: every failure becomes a row with a status and a
+  one-line message (``missing``, ``unreadable``, ``no_face``, ``face_too_small``, ``error``).
+- Determinism: fixed thread counts per process, no data-dependent batching across shards, seeded
+  random weights; two identical fp32 runs are bitwise identical.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from faceprobe.data.records import FaceRecord
+from faceprobe.data.vocab import DEFAULT_VOCABULARIES
+from faceprobe.embed.align import align_face
+from faceprobe.embed.backbones import Backbone, BackboneConfig, create_backbone
+from faceprobe.embed.backbones.base import resolve_device
+from faceprobe.embed.detect import MULTI_FACE_POLICIES, NO_FACE_POLICIES, FaceDetector
+from faceprobe.embed.images import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
+from faceprobe.errors import ConfigError
+
+CHUNK = 16  # records per worker task: enough same-size images for one MTCNN batch
+LANDMARK_MODES = ("detect", "dataset")
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    """Everything a worker needs to turn records into chips (picklable, small)."""
+
+    backbone: BackboneConfig
+    multi_face: str = "largest"
+    no_face: str = "skip"
+    min_face_size: float | None = None
+    landmarks: str = "detect"
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+    detector_device: str = "cpu"
+
+    def describe(self) -> str:
+        b = self.backbone
+        how = f"{b.alignment} {b.input_size}px"
+        how += f" margin={b.margin:g}" if b.alignment == "crop" else " template"
+        ms = "auto" if self.min_face_size is None else f"{self.min_face_size:g}"
+        return (f"{how}; landmarks={self.landmarks} multi_face={self.multi_face} "
+                f"no_face={self.no_face} min_face_size={ms}")
+
+
+_DETECTORS: dict[tuple, FaceDetector] = {}
+
+
+def _detector(cfg: PrepareConfig) -> FaceDetector:
+    key = (cfg.detector_device, cfg.min_face_size, cfg.multi_face, cfg.no_face)
+    if key not in _DETECTORS:  # one per process: workers build their own after the fork
+        _DETECTORS[key] = FaceDetector(cfg.detector_device, cfg.min_face_size,
+                                       multi_face=cfg.multi_face, no_face=cfg.no_face)
+    return _DETECTORS[key]
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _base_row(rec: FaceRecord) -> dict:
+    lm = None if rec.landmarks is None else np.asarray(rec.landmarks, np.float32).reshape(5, 2)
+    return {
+        "path": rec.path, "dataset": rec.dataset, "split": rec.split, "identity": rec.identity,
+        "face": 0, "labels": dict(rec.labels), "status": "error", "error": "", "policy": "",
+        "features": None, "box": None, "score": None, "landmarks_detected": None,
+        "landmarks_dataset": lm, "chip": None,
+    }
+
+
+def decode_records(records: Sequence[FaceRecord], cfg: PrepareConfig) -> list[tuple[dict, object]]:
+    """(row, image or None) per record; unreadable images become failed rows here."""
+    out = []
+    for rec in records:
+        row = _base_row(rec)
+        img = None
+        try:
+            img = load_image(rec.path, cfg.max_pixels)
+        except ImageLoadError as exc:
+            row["status"], row["error"] = exc.status, str(exc)
+        except Exception as exc:  # noqa: BLE001 - one image never stops the run
+            row["status"], row["error"] = "error", f"{rec.path}: {_one_line(exc)}"
+        out.append((row, img))
+    return out
+
+
+def detect_align(decoded: list[tuple[dict, object]], cfg: PrepareConfig,
+                 detector: FaceDetector) -> list[dict]:
+    """Rows (one per chosen face; failed images keep their single row) with ``chip`` set."""
+    todo = [(row, img) for row, img in decoded if img is not None]
+    results = {}
+    if todo:
+        use_lm = cfg.landmarks == "dataset"
+        imgs = [img for _, img in todo]
+        lms = [row["landmarks_dataset"] if use_lm else None for row, _ in todo]
+        try:
+            found = detector.locate(imgs, lms)
+        except Exception:  # noqa: BLE001 - retry one by one so only the culprit fails
+            found = []
+            for img, lm in zip(imgs, lms, strict=True):
+                try:
+                    found.append(detector.locate([img], [lm])[0])
+                except Exception as exc:  # noqa: BLE001
+                    found.append(exc)
+        for (row, _), res in zip(todo, found, strict=True):
+            results[id(row)] = res
+    rows: list[dict] = []
+    for row, img in decoded:
+        res = results.get(id(row))
+        if res is None:
+            rows.append(row)
+            continue
+        if isinstance(res, BaseException):
+            row["status"], row["error"] = "error", f"{row['path']}: detection failed: {_one_line(res)}"
+            rows.append(row)
+            continue
+        row["policy"] = res.policy
+        if not res.faces:
+            row["status"], row["error"] = res.status, f"{row['path']}: {res.error}"
+            rows.append(row)
+            continue
+        for k, face in enumerate(res.faces):
+            r = dict(row) if k else row
+            r["face"], r["status"], r["error"] = k, res.status, ""
+            r["box"], r["score"] = face.box, face.score
+            if res.status != "dataset_landmarks":
+                r["landmarks_detected"] = face.landmarks
+            try:
+                r["chip"] = align_face(img, cfg.backbone, face.landmarks, face.box)
+            except Exception as exc:  # noqa: BLE001
+                r["status"], r["error"] = "error", f"{row['path']}: alignment failed: {_one_line(exc)}"
+            rows.append(r)
+    return rows
+
+
+def prepare_records(records: Sequence[FaceRecord], cfg: PrepareConfig, detect: bool = True):
+    decoded = decode_records(records, cfg)
+    if not detect:
+        return decoded
+    return detect_align(decoded, cfg, _detector(cfg))
+
+
+class _Chunks(torch.utils.data.Dataset):
+    def __init__(self, chunks: list[tuple[int, list[FaceRecord]]], cfg: PrepareConfig, detect: bool):
+        self.chunks, self.cfg, self.detect = chunks, cfg, detect
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __getitem__(self, i):
+        shard, recs = self.chunks[i]
+        try:
+            return shard, len(recs), prepare_records(recs, self.cfg, self.detect)
+        except Exception as exc:  # noqa: BLE001 - never lose a chunk; record why instead
+            msg = _one_line(exc)
+            rows = []
+            for rec in recs:
+                row = _base_row(rec)
+                row["error"] = f"{rec.path}: {msg}"
+                rows.append((row, None) if not self.detect else row)
+            return shard, len(recs), rows
+
+
+def _worker_init(_):
+    torch.set_num_threads(1)
+
+
+def _iter_chunks(chunks, cfg, detect, workers):
+    ds = _Chunks(chunks, cfg, detect)
+    if workers <= 0:
+        for i in range(len(ds)):
+            yield ds[i]
+        return
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=None, shuffle=False, num_workers=workers, prefetch_factor=4,
+        worker_init_fn=_worker_init, collate_fn=lambda x: x, persistent_workers=False,
+    )
+    yield from loader
+
+
+def default_workers() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def _make_backbone(backbone, weights, device, precision) -> Backbone:
+    if isinstance(backbone, Backbone):
+        return backbone
+    return create_backbone(str(backbone), weights=weights, device=device, precision=precision)
+
+
+def _check_options(multi_face, no_face, landmarks, features, backbone: Backbone):
+    if multi_face not in MULTI_FACE_POLICIES:
+        raise ConfigError(f"multi_face={multi_face!r}; choose one of {', '.join(MULTI_FACE_POLICIES)}")
+    if no_face not in NO_FACE_POLICIES:
+        raise ConfigError(f"no_face={no_face!r}; choose one of {', '.join(NO_FACE_POLICIES)}")
+    if landmarks not in LANDMARK_MODES:
+        raise ConfigError(f"landmarks={landmarks!r}; choose one of {', '.join(LANDMARK_MODES)}")
+    groups = tuple(features)
+    if "embedding" not in groups:
+        groups = ("embedding", *groups)
+    return backbone.check_groups(groups)
+
+
+class _Embedder:
+    """Collects chips of one shard and embeds them in fixed batches from the shard's start."""
+
+    def __init__(self, backbone: Backbone, groups, batch_size: int):
+        self.backbone, self.groups, self.batch_size = backbone, groups, batch_size
+        self.pending: list[dict] = []
+
+    def add(self, rows: list[dict]) -> None:
+        self.pending.extend(r for r in rows if r.get("chip") is not None)
+        while len(self.pending) >= self.batch_size:
+            self._run(self.pending[:self.batch_size])
+            self.pending = self.pending[self.batch_size:]
+
+    def flush(self) -> None:
+        if self.pending:
+            self._run(self.pending)
+        self.pending = []
+
+    def _run(self, rows: list[dict]) -> None:
+        try:
+            feats = self.backbone.features(np.stack([r["chip"] for r in rows]), self.groups,
+                                           batch_size=len(rows))
+        except Exception as exc:  # noqa: BLE001 - a failing batch fails its rows, not the run
+            for r in rows:
+                r["status"], r["error"] = "error", f"{r['path']}: embedding failed: {_one_line(exc)}"
+                r["chip"] = None
+            return
+        for i, r in enumerate(rows):
+            r["features"] = {g: feats[g][i] for g in self.groups}
+            r["chip"] = None
+
+
+def _finish(rows: list[dict]) -> list[dict]:
+    for r in rows:
+        r.pop("chip", None)
+        if r["status"] not in ("ok", "multi_face_chosen", "no_face_fallback", "dataset_landmarks"):
+            r["features"] = None
+    return rows
+
+
+def embed_dataset(records: Iterable[FaceRecord], out: str | os.PathLike, backbone: str | Backbone,
+                  *, weights=None, shard_size: int = 1000, batch_size: int = 64,
+                  device: str = "auto", precision: str = "fp32", workers: int | None = None,
+                  limit: int | None = None, multi_face: str = "largest", no_face: str = "skip",
+                  min_face_size: float | None = None, landmarks: str = "detect",
+                  features: Sequence[str] = ("embedding",), resume: bool = True,
+                  overwrite: bool = False, show_progress: bool = True,
+                  vocabularies: dict | None = None, dataset: str | None = None,
+                  root: str | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> dict:
+    """Embed every record into the store at ``out``; returns a summary dict (rows by status,
+    images/s, shards written/skipped). Resumes an existing store made with the same settings."""
+    from faceprobe.embed.store import StoreWriter, build_vocabularies, records_fingerprint
+
+    if shard_size < 1 or batch_size < 1:
+        raise ConfigError("shard_size and batch_size must be at least 1")
+    records = list(records)
+    if limit is not None:
+        records = records[:max(0, int(limit))]
+    bb = _make_backbone(backbone, weights, device, precision)
+    groups = _check_options(multi_face, no_face, landmarks, features, bb)
+    workers = default_workers() if workers is None else max(0, int(workers))
+    dev = resolve_device(device if not isinstance(backbone, Backbone) else bb.device)
+    detect_in_workers = dev.type == "cpu"
+    cfg = PrepareConfig(bb.config, multi_face, no_face, min_face_size, landmarks, max_pixels,
+                        "cpu" if detect_in_workers else str(dev))
+    if vocabularies is None:
+        tasks = {t for r in records for t in r.labels}
+        vocabularies = {t: v for t, v in DEFAULT_VOCABULARIES.items() if t in tasks}
+    vocab = build_vocabularies(records, vocabularies)
+    n_shards = math.ceil(len(records) / shard_size)
+    meta = {
+        "backbone": bb.name, "weights_sha256": bb.weights_sha256, "alignment": cfg.describe(),
+        "precision": bb.precision, "dtype": "float32",
+        "features": {g: int(bb.config.feature_dims[g]) for g in groups},
+        "vocabularies": vocab, "shard_size": int(shard_size),
+        "dataset": dataset or (records[0].dataset if records else None), "root": root,
+        "records_sha256": records_fingerprint(r.path for r in records),
+        "num_records": len(records), "num_shards": n_shards,
+        "backbone_config": bb.config.as_dict(),
+    }
+    t0 = time.perf_counter()
+    status: Counter = Counter()
+    with StoreWriter.open(out, meta, overwrite=overwrite, resume=resume) as writer:
+        done = writer.done_shards()
+        pending = [i for i in range(n_shards) if i not in done]
+        chunks = []
+        for i in pending:
+            recs = records[i * shard_size:(i + 1) * shard_size]
+            chunks += [(i, recs[k:k + CHUNK]) for k in range(0, len(recs), CHUNK)]
+        todo_images = sum(len(c) for _, c in chunks)
+        bar = None
+        if show_progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=todo_images, unit="img", desc=f"embed {bb.name}", dynamic_ncols=True)
+        embedder = _Embedder(bb, groups, batch_size)
+        main_detector = None if detect_in_workers else _detector(cfg)
+        remaining = {i: min(shard_size, len(records) - i * shard_size) for i in pending}
+        shard_rows: dict[int, list[dict]] = {i: [] for i in pending}
+        try:
+            for shard, n_recs, rows in _iter_chunks(chunks, cfg, detect_in_workers, workers):
+                if main_detector is not None:
+                    rows = detect_align(rows, cfg, main_detector)
+                embedder.add(rows)
+                shard_rows[shard].extend(rows)
+                remaining[shard] -= n_recs
+                if bar is not None:
+                    bar.update(n_recs)
+                if remaining[shard] == 0:
+                    embedder.flush()
+                    rows = _finish(shard_rows.pop(shard))
+                    writer.write_shard(shard, rows)
+                    status.update(r["status"] for r in rows)
+        finally:
+            if bar is not None:
+                bar.close()
+    seconds = time.perf_counter() - t0
+    return {
+        "store": str(out), "backbone": bb.name, "precision": bb.precision,
+        "records": len(records), "images": todo_images, "rows": sum(status.values()),
+        "status": dict(sorted(status.items())), "shards_written": len(pending),
+        "shards_skipped": len(done), "seconds": round(seconds, 3),
+        "images_per_s": round(todo_images / seconds, 2) if seconds > 0 else None,
+        "workers": workers,
+    }
+
+
+def embed_images(paths: Iterable[str | os.PathLike], backbone: str | Backbone, *, weights=None,
+                 batch_size: int = 64, device: str = "auto", precision: str = "fp32",
+                 multi_face: str = "largest", no_face: str = "skip",
+                 min_face_size: float | None = None, features: Sequence[str] = ("embedding",),
+                 workers: int = 0, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> list[dict]:
+    """Rows (as for the store, ``features`` as arrays) for raw image files, without a store."""
+    records = [FaceRecord(path=str(Path(p)), dataset="images") for p in paths]
+    bb = _make_backbone(backbone, weights, device, precision)
+    groups = _check_options(multi_face, no_face, "detect", features, bb)
+    cfg = PrepareConfig(bb.config, multi_face, no_face, min_face_size, "detect", max_pixels, "cpu")
+    chunks = [(0, records[k:k + CHUNK]) for k in range(0, len(records), CHUNK)]
+    embedder = _Embedder(bb, groups, batch_size)
+    rows: list[dict] = []
+    for _, _, part in _iter_chunks(chunks, cfg, True, workers):
+        embedder.add(part)
+        rows.extend(part)
+    embedder.flush()
+    return _finish(rows)
+
+
+def format_summary(summary: dict) -> str:
+    status = ", ".join(f"{k} {v}" for k, v in summary["status"].items()) or "none"
+    rate = summary.get("images_per_s")
+    return (f"{summary['images']} images -> {summary['rows']} rows ({status}) in "
+            f"{summary['seconds']:.1f}s"
+            + (f", {rate:.1f} images/s" if rate else "")
+            + f"; shards written {summary['shards_written']}, skipped {summary['shards_skipped']}"
+            + f"; store {summary['store']}")
+

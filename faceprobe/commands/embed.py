@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 
 def register(subparsers) -> None:
@@ -12,7 +13,7 @@ def register(subparsers) -> None:
         "embed", help="detect, align and embed every image of a dataset into a store",
         description="Detect faces (MTCNN), align them and embed them with a backbone, writing "
                     "HDF5 shards. Re-running the same command resumes where a run stopped.")
-    p.add_argument("dataset", help="dataset format (see `faceprobe data formats`), e.g. lfw, utkface")
+    p.add_argument("dataset", help="dataset format (see `faceprobe datasets`), e.g. lfw, utkface")
     p.add_argument("--root", required=True, help="the dataset's directory")
     p.add_argument("--out", required=True, help="store directory to create or resume")
     p.add_argument("--backbone", required=True,
@@ -74,7 +75,7 @@ def run_embed(args: argparse.Namespace) -> int:
         multi_face=args.multi_face, no_face=args.no_face, min_face_size=args.min_face_size,
         landmarks=args.landmarks, features=features, overwrite=args.overwrite,
         show_progress=not args.no_progress, vocabularies=reader.vocabularies(),
-        dataset=reader.name, root=str(args.root),
+        dataset=reader.name, root=str(Path(args.root).resolve()),
     )
     if args.json:
         print(json.dumps(summary, indent=1))

@@ -1,0 +1,489 @@
+"""What the web app computes: scoring uploaded photos, a store's rows with predictions, a gallery.
+
+Decisions:
+- Everything heavy is built once, in ``create_app``: the bundle, its backbone (same weights and
+  precision as the store the bundle was trained on; other weights are refused, their embeddings
+  would be other numbers), MTCNN (warmed up on a blank image), the store table and the gallery.
+- Uploads are scored in one pass: each file is decoded with ``load_image`` (the embed stage's
+  hostile-input handling: pixel limit from the header before decoding, one-line errors), then all
+  decodable files go through one ``embed_images`` call with ``multi_face='all'``, so every face is
+  shown, and one ``predict_outputs`` call. Model calls are serialised by a lock: the detector and
+  the backbone are not promised to be thread-safe, and two CPU-bound batches at once are no
+  faster than one after the other.
+- The store table streams the store once at start-up (``iter_batches``, failed rows included),
+  predicts the usable rows and keeps only metadata, labels and probabilities, not the
+  embeddings; filtering a page is then numpy over that table.
+- Split semantics follow ``faceprobe evaluate``: ``train``/``val``/``test`` are the bundle's
+  recorded split re-derived on this store's usable rows (or the store's own split column when the
+  bundle records none); ``all`` is every row. So "misclassified for task T, split S" counts exactly
+  the off-diagonal cells of the confusion matrix ``evaluate(bundle, store, split=S)`` reports.
+- Gallery: one template per identity (mean of normalised embeddings, renormalised, as in
+  ``faceprobe identify``); rows without an identity label are enrolled under their file name.
+- Thumbnails are read only from inside the dataset root recorded in the store, after resolving
+  symlinks and ``..``; a row whose path resolves elsewhere is refused, whatever the store says.
+- Numbers go out as JSON: NaN (no box, missing label) becomes null.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+import os
+import tempfile
+import threading
+import time
+from collections import Counter
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from faceprobe.data.vocab import AGE, AGE_GROUPS, is_regression
+from faceprobe.embed.images import DEFAULT_MAX_PIXELS, ImageLoadError, image_size, load_image
+from faceprobe.embed.store import FAILED_STATUSES, STATUSES, USABLE_STATUSES, Store, StoreData
+from faceprobe.errors import BundleError, StoreError
+from faceprobe.heads.bundle import Bundle
+from faceprobe.identity.similarity import normalize, topk
+
+AGE_GROUP = "age_group"
+SPLITS = ("all", "train", "val", "test")
+STATUS_GROUPS = {"usable": USABLE_STATUSES, "failed": FAILED_STATUSES}
+TOP_IDENTITIES = 5
+PREVIEW_SIDE = 800
+THUMB_SIDE = 160
+FULL_SIDE = 720
+_AGE_MIDPOINTS = np.array([1.0, 6.0, 14.5, 24.5, 34.5, 44.5, 54.5, 64.5, 75.0], np.float32)
+
+
+class NotFound(Exception):
+    """A row, file or store page that does not exist (HTTP 404)."""
+
+
+class Forbidden(Exception):
+    """A path outside the dataset root (HTTP 403)."""
+
+
+class BadRequest(Exception):
+    """A filter value the API does not accept (HTTP 400)."""
+
+
+def num(x: Any, digits: int = 4) -> float | None:
+    x = float(x)
+    return round(x, digits) if math.isfinite(x) else None
+
+
+def points(a: np.ndarray, digits: int = 2) -> list | None:
+    a = np.asarray(a, dtype=np.float64)
+    if not np.isfinite(a).all():
+        return None
+    return np.round(a, digits).tolist()
+
+
+class Predictor:
+    """The bundle's outputs turned into per-task JSON (label + probability, or years)."""
+
+    def __init__(self, bundle: Bundle):
+        self.bundle = bundle
+        voc = bundle.vocabularies
+        self.categorical = [t for t in bundle.tasks if voc.get(t)]
+        self.vocab = {t: list(voc[t]) for t in self.categorical}
+        self.has_age = AGE in bundle.tasks
+        # same rule as `faceprobe score`: an age_group head also reports the expected age
+        self.age_expected = (not self.has_age and AGE_GROUP in self.categorical
+                             and self.vocab[AGE_GROUP] == AGE_GROUPS)
+        self.bin_means = np.asarray(getattr(bundle.model, "age_bin_means_", _AGE_MIDPOINTS),
+                                    np.float32)
+
+    def predict(self, X: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = {k: np.asarray(v) for k, v in self.bundle.predict_outputs(X).items()}
+        if self.has_age:
+            out[AGE] = out[AGE].reshape(-1)
+        if self.age_expected:
+            out["age_expected"] = out[AGE_GROUP] @ self.bin_means
+        return out
+
+    def describe(self, out: dict[str, np.ndarray], i: int, full: bool = True) -> dict[str, Any]:
+        res: dict[str, Any] = {}
+        for t in self.categorical:
+            p = out[t][i]
+            k = int(np.argmax(p))
+            res[t] = {"label": self.vocab[t][k], "p": num(p[k])}
+            if full:
+                res[t]["probabilities"] = {c: num(v) for c, v in zip(self.vocab[t], p,
+                                                                       strict=True)}
+        if self.has_age:
+            res[AGE] = {"years": num(out[AGE][i], 1)}
+        if self.age_expected:
+            res[AGE_GROUP]["expected_age"] = num(out["age_expected"][i], 1)
+        return res
+
+
+def make_backbone(bundle: Bundle):
+    """The bundle's backbone with the weights its training store was embedded with."""
+    from faceprobe.embed.backbones import create_backbone
+
+    if not bundle.backbone:
+        raise BundleError(f"bundle {bundle.path} records no backbone, so photos cannot be "
+                          "embedded for it; train it with `faceprobe train` on a store")
+    prov = bundle.meta.get("store") or {}
+    want = prov.get("weights_sha256") or ""
+    weights = "random" if str(want).startswith("random") else None
+    bb = create_backbone(bundle.backbone, weights=weights,
+                         precision=prov.get("precision") or "fp32")
+    if want and bb.weights_sha256 != want:
+        raise BundleError(
+            f"bundle {bundle.path} was trained on {bundle.backbone} embeddings made with other "
+            f"weights (sha256 {want[:12]}) than the ones installed here "
+            f"({str(bb.weights_sha256)[:12]}); install those weights or retrain the bundle")
+    return bb
+
+
+def _jpeg(img: np.ndarray, side: int, quality: int = 85) -> bytes:
+    im = Image.fromarray(img)
+    im.thumbnail((side, side), Image.Resampling.BILINEAR)
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+class Gallery:
+    """Identity templates from a store, searched by cosine similarity."""
+
+    def __init__(self, store: Store, bundle: Bundle):
+        want = (bundle.meta.get("store") or {}).get("weights_sha256")
+        have = store.meta.get("weights_sha256")
+        if store.meta.get("backbone") != bundle.backbone or (want and have and want != have):
+            raise BundleError(
+                f"gallery store {store.path} holds {store.meta.get('backbone')} embeddings, not "
+                f"the bundle's {bundle.backbone} ones (or other weights); embed the gallery "
+                "with the same backbone")
+        index: dict[str, int] = {}
+        sums: list[np.ndarray] = []
+        counts: list[int] = []
+        for d in store.iter_batches(65536, features=("embedding",), tasks=[]):
+            X = normalize(d.X["embedding"])
+            for name, path, vec in zip(d.identity, d.path, X, strict=True):
+                key = str(name) if name else Path(str(path)).stem
+                k = index.setdefault(key, len(index))
+                if k == len(sums):
+                    sums.append(np.zeros_like(vec))
+                    counts.append(0)
+                sums[k] += vec
+                counts[k] += 1
+        if not index:
+            raise StoreError(f"gallery store {store.path} has no usable rows")
+        self.names = list(index)
+        self.images = counts
+        self.templates = normalize(np.stack(sums))
+        self.path = store.path
+
+    def search(self, embeddings: np.ndarray, k: int = TOP_IDENTITIES) -> list[list[dict]]:
+        if len(embeddings) == 0:
+            return []
+        idx, score = topk(embeddings, self.templates, k)
+        return [[{"identity": self.names[j], "similarity": num(s), "images": self.images[j]}
+                 for j, s in zip(row_i, row_s, strict=True)] for row_i, row_s in zip(idx, score,
+                                                                                     strict=True)]
+
+
+class Scorer:
+    """Scores uploaded files: decode, detect every face, embed, predict, search the gallery."""
+
+    def __init__(self, bundle: Bundle, *, gallery: Gallery | None = None,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS, warm_up: bool = True):
+        self.bundle = bundle
+        self.predictor = Predictor(bundle)
+        self.groups = bundle.features
+        self.gallery = gallery
+        self.max_pixels = max_pixels
+        self.backbone = make_backbone(bundle)
+        self.lock = threading.Lock()
+        if warm_up:
+            with tempfile.TemporaryDirectory(prefix="faceprobe-serve-") as tmp:
+                blank = Path(tmp) / "blank.png"
+                Image.new("RGB", (64, 64), (128, 128, 128)).save(blank)
+                self._embed([blank])  # loads MTCNN now rather than on the first request
+
+    def _embed(self, paths: list[Path]) -> list[dict]:
+        from faceprobe.embed.pipeline import embed_images
+
+        return embed_images(paths, self.backbone, features=tuple(self.groups),
+                            multi_face="all", no_face="skip", workers=0,
+                            max_pixels=self.max_pixels)
+
+    def score(self, uploads: list, preview: bool = True) -> dict[str, Any]:
+        """One result per upload (in order), each with its faces; see the API docs."""
+        t0 = time.perf_counter()
+        images: list[dict[str, Any]] = []
+        by_path: dict[str, dict[str, Any]] = {}
+        for up in uploads:
+            entry: dict[str, Any] = {"name": up.name, "bytes": up.size, "status": "ok",
+                                     "error": "", "width": None, "height": None, "faces": []}
+            images.append(entry)
+            try:
+                img = load_image(up.path, self.max_pixels)
+            except ImageLoadError as exc:
+                entry["status"] = exc.status
+                entry["error"] = str(exc).replace(str(up.path), up.name)
+                continue
+            entry["height"], entry["width"] = int(img.shape[0]), int(img.shape[1])
+            if preview:
+                entry["preview"] = ("data:image/jpeg;base64,"
+                                    + base64.b64encode(_jpeg(img, PREVIEW_SIDE)).decode())
+            by_path[str(Path(up.path))] = entry
+            entry["_upload"] = up
+        faces: list[tuple[dict, dict]] = []
+        if by_path:
+            with self.lock:
+                rows = self._embed([Path(p) for p in by_path])
+                usable = [r for r in rows if r["status"] in USABLE_STATUSES]
+                out = {}
+                if usable:
+                    X = {g: np.stack([np.asarray(r["features"][g], np.float32) for r in usable])
+                         for g in self.groups}
+                    out = self.predictor.predict(X)
+                    emb = np.stack([np.asarray(r["features"]["embedding"], np.float32)
+                                    for r in usable])
+                    found = self.gallery.search(emb) if self.gallery is not None else None
+            k = 0
+            for r in rows:
+                entry = by_path[str(Path(r["path"]))]
+                up = entry["_upload"]
+                if r["status"] not in USABLE_STATUSES:
+                    entry["status"] = r["status"]
+                    entry["error"] = str(r.get("error") or r["status"]).replace(str(up.path),
+                                                                                 up.name)
+                    continue
+                face = {"face": int(r.get("face") or 0), "status": r["status"],
+                        "box": points(r["box"]), "detector_score": num(r.get("score") or math.nan),
+                        "landmarks": points(r["landmarks_detected"]),
+                        "predictions": self.predictor.describe(out, k)}
+                if self.gallery is not None:
+                    face["identities"] = found[k]
+                entry["faces"].append(face)
+                faces.append((entry, face))
+                k += 1
+        for entry in images:
+            entry.pop("_upload", None)
+            if entry["faces"]:
+                entry["status"], entry["error"] = "ok", ""
+        return {"images": images, "faces": len(faces), "tasks": self.bundle.tasks,
+                "gallery": self.gallery is not None,
+                "seconds": round(time.perf_counter() - t0, 3)}
+
+
+class StoreTable:
+    """A store's rows with the bundle's predictions, filtered and paged for the store page."""
+
+    def __init__(self, store: Store, bundle: Bundle, predictor: Predictor,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS):
+        bundle.check_store(store)
+        self.store, self.bundle, self.predictor = store, bundle, predictor
+        self.max_pixels = max_pixels
+        self.tasks = list(store.tasks)
+        self.vocab = store.vocabularies
+        parts: list[StoreData] = []
+        outs: list[dict[str, np.ndarray]] = []
+        for d in store.iter_batches(65536, features=list(bundle.features), tasks=self.tasks,
+                                    usable_only=False):
+            usable = np.isin(d.status, USABLE_STATUSES)
+            full = self._empty_outputs(len(d))
+            if usable.any():
+                got = predictor.predict({g: d.X[g][usable] for g in bundle.features})
+                for key, arr in got.items():
+                    full[key][usable] = arr
+            d.X = {}
+            parts.append(d)
+            outs.append(full)
+        if not parts:
+            raise StoreError(f"store {store.path} has no rows to browse")
+        self.data = parts[0] if len(parts) == 1 else StoreData.concat(parts)
+        self.out = {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+        self.n = len(self.data)
+        self.usable = np.isin(self.data.status, USABLE_STATUSES)
+        self.pred = {t: np.where(self.usable, np.nan_to_num(self.out[t]).argmax(axis=1), -1)
+                     for t in predictor.categorical}
+        self.eval_split, self.split_note = self._derive_split()
+        self.shard_start = self._shard_offsets()
+        self.root, self.root_note = self._root()
+        self._thumb = lru_cache(maxsize=512)(self._make_thumb)  # <= ~30 MB of JPEGs
+
+    def _empty_outputs(self, n: int) -> dict[str, np.ndarray]:
+        p = self.predictor
+        full = {t: np.full((n, len(p.vocab[t])), np.nan, np.float32) for t in p.categorical}
+        if p.has_age:
+            full[AGE] = np.full(n, np.nan, np.float32)
+        if p.age_expected:
+            full["age_expected"] = np.full(n, np.nan, np.float32)
+        return full
+
+    def _derive_split(self) -> tuple[np.ndarray, str]:
+        split = np.full(self.n, "", dtype=object)
+        idx = np.flatnonzero(self.usable)
+        desc = self.bundle.meta.get("split") or {}
+        if desc and len(idx):
+            from faceprobe.heads.splits import split_from_description
+
+            try:
+                sp = split_from_description(self.data.subset(idx), desc)
+            except Exception as exc:  # noqa: BLE001 - the page still works with the store's own
+                note = f"the bundle's split could not be re-derived here ({exc})"
+            else:
+                for name in ("train", "val", "test"):
+                    split[idx[getattr(sp, name)]] = name
+                return split, f"the bundle's recorded split: {desc.get('text', '')}"
+        else:
+            note = "the store's split column"
+        raw = np.asarray(self.data.split, dtype=object)
+        split[idx] = raw[idx]
+        return split, note
+
+    def _shard_offsets(self) -> dict[int, int]:
+        starts: dict[int, int] = {}
+        for pos, s in enumerate(self.data.row_id[:, 0].tolist()):
+            starts.setdefault(int(s), pos)
+        return starts
+
+    def _root(self) -> tuple[str | None, str]:
+        raw = self.store.meta.get("root")
+        if not raw:
+            return None, f"store {self.store.path} records no dataset root; images unavailable"
+        real = os.path.realpath(raw)
+        if not os.path.isdir(real):
+            return None, (f"dataset root {raw} recorded in the store is not a directory here "
+                          "(run `faceprobe serve` from where the store was made)")
+        return real, f"images served from {real}"
+
+    # -- rows -------------------------------------------------------------------------------
+
+    def position(self, shard: int, index: int) -> int:
+        pos = self.shard_start.get(int(shard), -1) + int(index)
+        if int(index) < 0 or pos < 0 or pos >= self.n or \
+                tuple(self.data.row_id[pos]) != (int(shard), int(index)):
+            raise NotFound(f"store has no row {shard}/{index}")
+        return pos
+
+    def info(self) -> dict[str, Any]:
+        return {"path": str(self.store.path), "rows": self.n,
+                "status": dict(sorted(Counter(self.data.status.tolist()).items())),
+                "tasks": {t: self.vocab[t] for t in self.tasks}, "split_note": self.split_note,
+                "images": self.root is not None, "images_note": self.root_note,
+                "splits": {s: int((self.eval_split == s).sum()) for s in SPLITS[1:]}}
+
+    def filter(self, *, status: str | None = None, task: str | None = None,
+               true: str | None = None, pred: str | None = None, misclassified: bool = False,
+               split: str = "all") -> np.ndarray:
+        mask = np.ones(self.n, dtype=bool)
+        if status:
+            wanted = STATUS_GROUPS.get(status, (status,))
+            if not set(wanted) <= set(STATUSES):
+                raise BadRequest(f"status {status!r} unknown; use usable, failed or one of "
+                                 f"{', '.join(STATUSES)}")
+            mask &= np.isin(self.data.status, wanted)
+        if split not in SPLITS:
+            raise BadRequest(f"split {split!r} unknown; use {', '.join(SPLITS)}")
+        if split != "all":
+            mask &= self.eval_split == split
+        if (true or pred or misclassified) and not task:
+            raise BadRequest("true, pred and misclassified need task=<a task>")
+        if task:
+            if task not in self.tasks and task not in self.bundle.tasks:
+                raise BadRequest(f"task {task!r} unknown; the store has {', '.join(self.tasks)}")
+            if (true or pred or misclassified) and (is_regression(task) or
+                                                    not self.vocab.get(task)):
+                raise BadRequest(f"{task} is a number, not a class: filter by true/pred/"
+                                 "misclassified on a categorical task")
+            if (true or misclassified) and task not in self.tasks:
+                raise BadRequest(f"the store has no {task} labels; it has "
+                                 f"{', '.join(self.tasks) or 'none'}")
+            if (pred or misclassified) and task not in self.pred:
+                raise BadRequest(f"the bundle does not predict {task}; it predicts "
+                                 f"{', '.join(self.predictor.categorical)}")
+            true_voc = list(self.vocab.get(task) or [])
+            pred_voc = self.predictor.vocab.get(task, [])
+            for name, value, voc in (("true", true, true_voc), ("pred", pred, pred_voc)):
+                if value and value not in voc:
+                    raise BadRequest(f"{name}={value!r} is not a class of {task} "
+                                     f"({', '.join(voc)})")
+            y = self.data.y.get(task)
+            if true:
+                mask &= y == true_voc.index(true)
+            if pred:
+                mask &= self.pred[task] == pred_voc.index(pred)
+            if misclassified:
+                mask &= self.usable & (y >= 0) & (self.pred[task] != y)
+        return np.flatnonzero(mask)
+
+    def row(self, pos: int, full: bool = False) -> dict[str, Any]:
+        d = self.data
+        shard, index = (int(v) for v in d.row_id[pos])
+        labels: dict[str, Any] = {}
+        for t in self.tasks:
+            v = d.y[t][pos]
+            voc = self.vocab.get(t)
+            labels[t] = (voc[int(v)] if v >= 0 else None) if voc else num(v, 1)
+        preds = self.predictor.describe(self.out, pos, full=full) if self.usable[pos] else {}
+        wrong = {t: bool(preds[t]["label"] != labels.get(t)) for t in self.predictor.categorical
+                 if preds and labels.get(t) is not None}
+        res = {"shard": shard, "index": index, "path": str(d.path[pos]),
+               "status": str(d.status[pos]), "error": str(d.extra["error"][pos]),
+               "split": str(d.split[pos]), "eval_split": str(self.eval_split[pos]),
+               "identity": str(d.identity[pos]), "face": int(d.extra["face"][pos]),
+               "labels": labels, "predictions": preds, "misclassified": wrong,
+               "thumb": f"/api/thumb/{shard}/{index}"}
+        if full:
+            res.update(box=points(d.box[pos]), detector_score=num(d.score[pos]),
+                       landmarks_detected=points(d.landmarks_detected[pos]),
+                       landmarks_dataset=points(d.landmarks_dataset[pos]),
+                       policy=str(d.extra["policy"][pos]), dataset=str(d.dataset[pos]))
+        return res
+
+    # -- images -----------------------------------------------------------------------------
+
+    def resolve(self, pos: int) -> str:
+        """The row's file, only when it resolves inside the dataset root."""
+        if self.root is None:
+            raise NotFound(self.root_note)
+        p = str(self.data.path[pos])
+        if not os.path.isabs(p):
+            p = os.path.join(self.root, p)
+        real = os.path.realpath(p)
+        if os.path.commonpath([real, self.root]) != self.root:
+            raise Forbidden(f"row {'/'.join(map(str, self.data.row_id[pos]))}: its path "
+                            f"resolves outside the dataset root {self.root}; not served")
+        if not os.path.isfile(real):
+            raise NotFound(f"image of row {'/'.join(map(str, self.data.row_id[pos]))} "
+                           "is missing")
+        return real
+
+    def image_size(self, pos: int) -> tuple[int, int] | None:
+        try:
+            return image_size(self.resolve(pos))
+        except (NotFound, Forbidden):
+            return None
+
+    def thumb(self, pos: int, full: bool = False) -> bytes:
+        return self._thumb(pos, full)
+
+    def _make_thumb(self, pos: int, full: bool) -> bytes:
+        path = self.resolve(pos)
+        try:
+            img = load_image(path, self.max_pixels)
+        except ImageLoadError as exc:
+            raise NotFound(str(exc)) from None
+        if full:
+            return _jpeg(img, FULL_SIDE)
+        box = self.data.box[pos]
+        if np.isfinite(box).all():
+            x1, y1, x2, y2 = (float(v) for v in box)
+            cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+            half = 0.65 * max(x2 - x1, y2 - y1)  # the face plus some hair and chin
+            h, w = img.shape[:2]
+            left, top = int(max(0, cx - half)), int(max(0, cy - half))
+            right, bottom = int(min(w, cx + half)), int(min(h, cy + half))
+            if right > left and bottom > top:
+                img = img[top:bottom, left:right]
+        return _jpeg(img, THUMB_SIDE, quality=80)

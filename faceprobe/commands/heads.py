@@ -1,0 +1,141 @@
+"""``faceprobe train | tune | score | evaluate``: heads over an embedding store."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+HEADS = ("mlp", "logreg", "svm", "linsvm", "knn", "hgb", "ridge", "svr")
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _features(value: str | None) -> list[str] | None:
+    return [f.strip() for f in value.split(",") if f.strip()] if value else None
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("store", metavar="STORE", help="embedding store directory (from `faceprobe embed`)")
+    p.add_argument("--tasks", default=None,
+                   help="comma-separated tasks, e.g. gender,age,race (default: those of "
+                        "gender, age, race the store has)")
+    p.add_argument("--out", required=True, metavar="MODEL",
+                   help="model bundle directory to write")
+    p.add_argument("--features", default=None,
+                   help="comma-separated feature groups to use (default: embedding)")
+    p.add_argument("--class-weighting", choices=("inverse", "none"), default="inverse",
+                   help="inverse-frequency class weights in the loss (default) or none")
+    p.add_argument("--seed", type=int, default=0, help="seed for the split and the model")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out bundle")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("train", help="train a head on a store and save a model bundle",
+                              description="Split the store (official split, else seeded and "
+                              "identity-disjoint), fit a head, print validation metrics.")
+    _common(p)
+    p.add_argument("--head", choices=HEADS, default="mlp",
+                   help="mlp (multi-output Keras head, default) or a scikit-learn baseline")
+    p.set_defaults(func=cmd_train)
+
+    p = subparsers.add_parser("tune", help="search head hyperparameters (resumable) and save the best",
+                              description="KerasTuner search over a head's hyperparameters. The "
+                              "search lives in --dir; running again continues it.")
+    _common(p)
+    p.add_argument("--head", choices=("mlp", "svm", "logreg", "linsvm", "knn", "hgb", "ridge"),
+                   default="mlp", help="head to tune (default mlp)")
+    p.add_argument("--tuner", choices=("random", "hyperband", "bayes"), default="random",
+                   help="search strategy (hyperband: mlp only)")
+    p.add_argument("--trials", type=int, default=20, help="total number of trials (default 20)")
+    p.add_argument("--dir", required=True, help="search directory; reused to resume")
+    p.add_argument("--max-epochs", type=int, default=30,
+                   help="epoch budget of one mlp trial (default 30)")
+    p.set_defaults(func=cmd_tune)
+
+    p = subparsers.add_parser("score", help="write predictions for a store or image files",
+                              description="Score every row of a store (streamed), or embed "
+                              "images/directories with the bundle's backbone and score them.")
+    p.add_argument("model", metavar="MODEL", help="model bundle directory")
+    p.add_argument("inputs", nargs="+", metavar="STORE|IMAGE|DIR",
+                   help="one store directory, or image files and directories of images")
+    p.add_argument("--out", required=True, help="predictions file: .csv or .parquet")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="rows per batch for a store (default: one shard)")
+    p.set_defaults(func=cmd_score)
+
+    p = subparsers.add_parser("evaluate", help="metrics of a model bundle on a store split",
+                              description="Accuracy / balanced accuracy per task and age MAE.")
+    p.add_argument("model", metavar="MODEL", help="model bundle directory")
+    p.add_argument("store", metavar="STORE", help="embedding store directory")
+    p.add_argument("--split", choices=("test", "val", "train", "all"), default="test",
+                   help="rows to evaluate on (default test, as recorded in the bundle)")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.set_defaults(func=cmd_evaluate)
+
+
+def cmd_train(args) -> int:
+    from faceprobe.heads.evaluate import format_metrics
+    from faceprobe.heads.train import train_store
+
+    _log(f"training {args.head} on {args.store}")
+    res = train_store(args.store, args.tasks, args.head, out=args.out, features=_features(args.features),
+                      class_weighting=args.class_weighting, seed=args.seed,
+                      overwrite=args.overwrite, log=_log)
+    secs = getattr(res.model, "fit_seconds_", None)
+    if isinstance(secs, dict):
+        secs = sum(secs.values())
+    _log(f"fitted in {secs:.1f}s" if secs is not None else "fitted")
+    print("validation metrics:")
+    print(format_metrics(res.metrics))
+    print(f"saved {res.bundle}")
+    return 0
+
+
+def cmd_tune(args) -> int:
+    from faceprobe.heads.evaluate import format_metrics
+    from faceprobe.heads.tune import tune_store
+
+    res = tune_store(args.store, args.tasks, head=args.head, tuner=args.tuner, trials=args.trials,
+                     directory=args.dir, out=args.out, features=_features(args.features),
+                     class_weighting=args.class_weighting, seed=args.seed,
+                     max_epochs=args.max_epochs, overwrite=args.overwrite, log=_log)
+    print(f"{res.trials} trials ({res.trials_run_now} this run) in {res.seconds:.0f}s; "
+          f"best score {res.best_score:.4f}: "
+          + ", ".join(f"{k}={v}" for k, v in res.best_params.items()))
+    print("validation metrics of the refitted best:")
+    print(format_metrics(res.metrics))
+    print(f"saved {res.bundle}")
+    return 0
+
+
+def cmd_score(args) -> int:
+    from faceprobe.embed.store import MANIFEST
+    from faceprobe.heads.bundle import load_bundle
+    from faceprobe.heads.score import score_images, score_store
+
+    bundle = load_bundle(args.model)
+    first = Path(args.inputs[0])
+    if len(args.inputs) == 1 and (first / MANIFEST).exists():
+        res = score_store(bundle, first, args.out, batch_size=args.batch_size)
+    else:
+        res = score_images(bundle, args.inputs, args.out)
+    print(f"wrote {res['out']}: {res['rows']} rows ({res['scored']} scored, {res['failed']} "
+          f"without a usable face) in {res['seconds']:.1f}s, {res['rows_per_s']:,.0f} rows/s")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from faceprobe.heads.bundle import load_bundle
+    from faceprobe.heads.evaluate import evaluate_bundle, format_metrics
+
+    res = evaluate_bundle(load_bundle(args.model), args.store, split=args.split)
+    if args.json:
+        print(json.dumps(res, indent=1))
+    else:
+        print(f"{res['head']} on {res['store']} ({res['split']}: {res['split_description']})")
+        print(format_metrics(res))
+    return 0

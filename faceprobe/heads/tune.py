@@ -1,0 +1,323 @@
+"""Hyperparameter search over heads with KerasTuner's oracles, resumable from a directory.
+
+Decisions:
+- One runner for every head: a ``keras_tuner`` BaseTuner whose ``run_trial`` builds a head from
+  the trial's hyperparameters, fits it on the train rows (validation rows for early stopping) and
+  returns the validation score. The oracles (RandomSearch, Hyperband, BayesianOptimization) and
+  the trial bookkeeping on disk are KerasTuner's, so a search interrupted after k trials and
+  started again with the same ``--dir`` continues at trial k+1 (``overwrite=False``). scikit-learn
+  heads go through the same runner rather than SklearnTuner, because a head here is one model per
+  task, which SklearnTuner's single-estimator CV does not fit.
+- The objective is comparable across trials whatever the loss weights: the mean over tasks of
+  validation balanced accuracy (categorical tasks) and, for age, ``1 - MAE / MAE_median`` where
+  MAE_median is the validation MAE of predicting the training median age. Validation loss is not
+  used because the loss weights being tuned rescale it.
+- Hyperband's ``tuner/epochs`` is the epoch budget of a trial; trials are trained from scratch
+  (no warm start from the parent bracket), which keeps a trial a pure function of its
+  hyperparameters. Hyperband only applies to the Keras head (the baselines have no epochs).
+- ``DIR/faceprobe-search.json`` fingerprints the search: head, tuner, space, tasks, features,
+  seed, the store's backbone/weights/records and the split's row hash. A run whose fingerprint
+  differs from the directory's is refused with the keys that differ: its trials would not be
+  comparable with the recorded ones. ``--trials`` is not part of it, so it can grow on resume.
+- Trials run with a larger batch (1024) and short patience so 20 trials on 10k rows stay within a
+  few minutes on 2 cores; the final model is refit with the head's normal defaults plus the best
+  hyperparameters.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from faceprobe.data.vocab import AGE
+from faceprobe.embed.store import Store
+from faceprobe.errors import ConfigError, FaceprobeError
+from faceprobe.heads.baselines import make_head
+from faceprobe.heads.bundle import check_out, save_bundle, store_provenance
+from faceprobe.heads.common import present, task_labels
+from faceprobe.heads.evaluate import compute_metrics
+from faceprobe.heads.splits import make_split
+from faceprobe.heads.train import fit_on_split, load_rows, parse_tasks
+
+TUNERS = ("random", "hyperband", "bayes")
+TUNABLE_HEADS = ("mlp", "svm", "logreg", "linsvm", "knn", "hgb", "ridge")
+FINGERPRINT = "faceprobe-search.json"
+PROJECT = "search"
+TRIAL_BATCH = 1024
+TRIAL_PATIENCE = 4
+
+
+def search_space(head: str, tasks: Sequence[str], max_epochs: int) -> list[dict[str, Any]]:
+    """The space as data (so it can be fingerprinted and declared on a HyperParameters)."""
+    if head == "mlp":
+        space = [
+            {"name": "depth", "type": "int", "min": 1, "max": 3},
+            {"name": "width", "type": "choice", "values": [128, 256, 512]},
+            {"name": "dropout", "type": "float", "min": 0.0, "max": 0.6, "step": 0.1},
+            {"name": "lr", "type": "float", "min": 1e-4, "max": 3e-3, "sampling": "log"},
+        ]
+        if len(tasks) > 1:
+            space += [{"name": f"lw_{t}", "type": "float", "min": 0.5, "max": 2.0}
+                      for t in tasks]
+        return space
+    return {
+        "svm": [{"name": "C", "type": "float", "min": 0.1, "max": 100.0, "sampling": "log"},
+                {"name": "gamma_mult", "type": "float", "min": 0.1, "max": 10.0,
+                 "sampling": "log"}],
+        "logreg": [{"name": "C", "type": "float", "min": 1e-3, "max": 10.0, "sampling": "log"}],
+        "linsvm": [{"name": "C", "type": "float", "min": 1e-3, "max": 10.0, "sampling": "log"}],
+        "ridge": [{"name": "alpha", "type": "float", "min": 1e-2, "max": 1e3, "sampling": "log"}],
+        "knn": [{"name": "n_neighbors", "type": "int", "min": 3, "max": 60}],
+        "hgb": [{"name": "learning_rate", "type": "float", "min": 0.02, "max": 0.3,
+                 "sampling": "log"},
+                {"name": "max_iter", "type": "choice", "values": [100, 200, 400]}],
+    }[head]
+
+
+def _declare(hp, space: list[dict[str, Any]]) -> None:
+    for s in space:
+        if s["type"] == "int":
+            hp.Int(s["name"], s["min"], s["max"])
+        elif s["type"] == "choice":
+            hp.Choice(s["name"], s["values"])
+        else:
+            hp.Float(s["name"], s["min"], s["max"], step=s.get("step"),
+                     sampling=s.get("sampling", "linear"))
+
+
+def head_params(head: str, values: Mapping[str, Any], tasks: Sequence[str], dim: int
+                ) -> dict[str, Any]:
+    """A trial's hyperparameter values -> constructor parameters of the head."""
+    v = dict(values)
+    if head == "mlp":
+        params = {"hidden": [int(v["width"])] * int(v["depth"]), "dropout": float(v["dropout"]),
+                  "lr": float(v["lr"])}
+        lw = {t: float(v[f"lw_{t}"]) for t in tasks if f"lw_{t}" in v}
+        if lw:
+            params["loss_weights"] = lw
+        return params
+    if head == "svm":
+        return {"C": float(v["C"]), "gamma": float(v["gamma_mult"]) / dim}
+    keys = {"logreg": ("C",), "linsvm": ("C",), "ridge": ("alpha",), "knn": ("n_neighbors",),
+            "hgb": ("learning_rate", "max_iter")}[head]
+    return {k: v[k] for k in keys}
+
+
+def objective(y: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray], tasks: Sequence[str],
+              train_age_median: float | None) -> float:
+    m = compute_metrics(y, outputs, list(tasks))
+    parts = []
+    for t, r in m["tasks"].items():
+        if t == AGE:
+            if r["mae"] is None or train_age_median is None:
+                continue
+            ya = task_labels(AGE, y)
+            ok = present(AGE, ya)
+            base = float(np.abs(ya[ok] - train_age_median).mean()) or 1.0
+            parts.append(1.0 - r["mae"] / base)
+        elif r["balanced_accuracy"] is not None:
+            parts.append(r["balanced_accuracy"])
+    return float(np.mean(parts)) if parts else 0.0
+
+
+@dataclass
+class TuneResult:
+    best_params: dict[str, Any]
+    best_score: float
+    trials: int
+    trials_run_now: int
+    metrics: dict[str, Any]
+    model: Any
+    bundle: Path | None
+    seconds: float
+
+
+
+def _make_tuner_class():
+    import keras_tuner as kt
+
+    class HeadTuner(kt.engine.base_tuner.BaseTuner):
+        """Runs one head fit per trial; see the module docstring."""
+
+        def __init__(self, oracle, *, run: Callable[[Any], float], log, **kw):
+            self._run = run
+            self._log = log
+            self._started = time.perf_counter()
+            self.trials_run_now = 0
+            super().__init__(oracle, hypermodel=None, **kw)
+
+        def _populate_initial_space(self):  # declared up front by the caller's oracle
+            return
+
+        def run_trial(self, trial, *args, **kwargs):
+            try:
+                score = self._run(trial.hyperparameters)
+            except FaceprobeError as exc:
+                raise _FatalWrap(str(exc)) from exc
+            self.trials_run_now += 1
+            return {"score": score}
+
+        def on_trial_end(self, trial):
+            super().on_trial_end(trial)
+            done = len([t for t in self.oracle.trials.values() if t.score is not None])
+            best = self.oracle.get_best_trials(1)
+            best_score = best[0].score if best else float("nan")
+            values = {k: v for k, v in trial.hyperparameters.values.items()
+                      if not k.startswith("tuner/")}
+            score = "failed" if trial.score is None else f"{trial.score:.4f}"
+            self._log(f"trial {trial.trial_id}: score {score} (best {best_score:.4f}, "
+                      f"{done} scored, {time.perf_counter() - self._started:.0f}s) "
+                      + ", ".join(f"{k}={_fmt(v)}" for k, v in values.items()))
+
+        def save_model(self, trial_id, model, step=0):
+            return
+
+        def load_model(self, trial):
+            return None
+
+    class _FatalWrap(kt.errors.FatalError):
+        pass
+
+    return HeadTuner, _FatalWrap
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _check_fingerprint(directory: Path, fp: dict[str, Any]) -> None:
+    path = directory / FINGERPRINT
+    project = directory / PROJECT
+    if path.exists():
+        old = json.loads(path.read_text())
+        diff = sorted(k for k in set(old) | set(fp) if old.get(k) != fp.get(k))
+        if diff:
+            raise ConfigError(
+                f"search directory {directory} holds a search with another {', '.join(diff)}; "
+                "its trials cannot be mixed with this one: use a new --dir, or delete that one "
+                "to start over")
+    elif project.exists():
+        raise ConfigError(f"{project} exists without {FINGERPRINT}; use a new --dir")
+    directory.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        path.write_text(json.dumps(fp, indent=1, sort_keys=True))
+
+
+def tune_store(store: Store | str | os.PathLike, tasks: str | Sequence[str] | None = None, *,
+               head: str = "mlp", tuner: str = "random", trials: int = 20,
+               directory: str | os.PathLike, out: str | os.PathLike | None = None,
+               features: Sequence[str] | None = None, class_weighting: str = "inverse",
+               seed: int = 0, max_epochs: int = 30, overwrite: bool = False,
+               log: Callable[[str], None] | None = None) -> TuneResult:
+    """Run (or continue) a search in ``directory``; refit the best and save it to ``out``."""
+    import keras_tuner as kt
+
+    log = log or (lambda s: None)
+    if head not in TUNABLE_HEADS:
+        raise ConfigError(f"--head must be one of {', '.join(TUNABLE_HEADS)}, got {head!r}")
+    if tuner not in TUNERS:
+        raise ConfigError(f"--tuner must be one of {', '.join(TUNERS)}, got {tuner!r}")
+    if tuner == "hyperband" and head != "mlp":
+        raise ConfigError("--tuner hyperband allocates training epochs, which only the mlp head "
+                          "has; use --tuner random or bayes for --head " + head)
+    if not isinstance(trials, int) or trials < 1:
+        raise ConfigError(f"--trials must be a positive integer, got {trials!r}")
+    if not isinstance(max_epochs, int) or max_epochs < 1:
+        raise ConfigError(f"max_epochs must be a positive integer, got {max_epochs!r}")
+    if out is not None:
+        check_out(out, overwrite)
+    start = time.perf_counter()
+    store = store if isinstance(store, Store) else Store(store)
+    tasks = parse_tasks(tasks, store)
+    data = load_rows(store, tasks, features)
+    split = make_split(data, seed=seed)
+    if not len(split.val):
+        raise ConfigError("tuning needs validation rows; the split left none")
+    log(f"{len(data)} usable rows; {split.description['text']}")
+    groups = list(features) if features else ["embedding"]
+    dim = sum(store.feature_dims[g] for g in groups)
+    space = search_space(head, tasks, max_epochs)
+    prov = store_provenance(store)
+    fp = {"head": head, "tuner": tuner, "space": space, "tasks": tasks, "features": groups,
+          "class_weighting": class_weighting, "seed": seed, "max_epochs": max_epochs,
+          "store": {k: prov[k] for k in ("backbone", "weights_sha256", "records_sha256",
+                                         "features")},
+          "split_test_sha256": split.description["test_sha256"],
+          "split_counts": split.description["counts"]}
+    directory = Path(directory)
+    _check_fingerprint(directory, fp)
+
+    train, val = data.subset(split.train), data.subset(split.val)
+    y_age = task_labels(AGE, train.y) if AGE in tasks else None
+    age_median = float(np.nanmedian(y_age)) if y_age is not None and \
+        present(AGE, y_age).any() else None
+    base = {"tasks": tasks, "features": groups, "class_weighting": class_weighting, "seed": seed}
+
+    def run(hp) -> float:
+        params = {**base, **head_params(head, hp.values, tasks, dim)}
+        if head == "mlp":
+            params.update(batch_size=TRIAL_BATCH, patience=TRIAL_PATIENCE,
+                          epochs=int(hp.values.get("tuner/epochs", max_epochs)))
+        model = make_head(head, **params)
+        model.fit(train, validation=val, vocabularies=store.vocabularies)
+        out_v = model.predict_outputs({g: val.X[g] for g in groups})
+        return objective(val.y, out_v, tasks, age_median)
+
+    hp = kt.HyperParameters()
+    _declare(hp, space)
+    objective_ = kt.Objective("score", "max")
+    if tuner == "random":
+        oracle = kt.oracles.RandomSearchOracle(objective=objective_, max_trials=trials,
+                                               seed=seed, hyperparameters=hp,
+                                               allow_new_entries=False)
+    elif tuner == "bayes":
+        oracle = kt.oracles.BayesianOptimizationOracle(
+            objective=objective_, max_trials=trials, seed=seed, hyperparameters=hp,
+            allow_new_entries=False, num_initial_points=min(5, trials))
+    else:
+        oracle = kt.oracles.HyperbandOracle(objective=objective_, max_epochs=max_epochs,
+                                            factor=3, seed=seed, hyperparameters=hp,
+                                            allow_new_entries=False)
+        oracle.max_trials = trials
+    HeadTuner, fatal = _make_tuner_class()
+    t = HeadTuner(oracle, run=run, log=log, directory=str(directory), project_name=PROJECT,
+                  overwrite=False)
+    t.oracle.max_trials = trials  # a resumed search may be asked for more trials than before
+    done_before = len(t.oracle.trials)
+    if done_before:
+        log(f"resuming search in {directory}: {done_before} trials done, {trials} wanted")
+    try:
+        t.search(verbose=0)
+    except fatal as exc:
+        raise ConfigError(str(exc)) from None
+    best = t.oracle.get_best_trials(1)
+    if not best:
+        raise ConfigError(f"no trial in {directory} produced a score; see the trial messages "
+                          "in its trial_*/trial.json")
+    best_values = {k: v for k, v in best[0].hyperparameters.values.items()
+                   if not k.startswith("tuner/")}
+    scored = len([x for x in t.oracle.trials.values() if x.score is not None])
+    params = {**base, **head_params(head, best_values, tasks, dim)}
+    if head == "mlp":
+        params["epochs"] = max(200, max_epochs)
+    model = make_head(head, **params)
+    log(f"refitting the best ({best[0].score:.4f}): "
+        + ", ".join(f"{k}={_fmt(v)}" for k, v in best_values.items()))
+    metrics = fit_on_split(model, data, split, store.vocabularies)
+    bundle = None
+    if out is not None:
+        bundle = save_bundle(
+            model, out, store=store, split=split.description, metrics={"val": metrics},
+            overwrite=overwrite,
+            extra={"tuning": {"tuner": tuner, "directory": str(directory.resolve()),
+                              "trials": scored, "best_score": best[0].score,
+                              "best_hyperparameters": best_values}})
+    return TuneResult(best_values, float(best[0].score), scored, t.trials_run_now, metrics,
+                      model, bundle, time.perf_counter() - start)

@@ -1,0 +1,117 @@
+"""The Keras head's estimator contract, masked loss, class weights, determinism, age modes."""
+
+import numpy as np
+import pytest
+
+from faceprobe.errors import ConfigError
+from faceprobe.heads.common import class_weights
+from faceprobe.heads.keras_head import KerasHead
+from faceprobe.heads.synthetic import synthetic_arrays
+
+TASKS = ["gender", "race", "age"]
+FAST = {"hidden": (32,), "epochs": 25, "patience": 4, "batch_size": 128}
+
+
+@pytest.fixture(scope="module")
+def data():
+    a = synthetic_arrays(1600, 16, seed=0, noise=0.7)
+    b = synthetic_arrays(600, 16, seed=9, noise=0.7)
+    return ({"embedding": a["X"]}, {t: a[t] for t in TASKS}), \
+        ({"embedding": b["X"]}, {t: b[t] for t in TASKS})
+
+
+def test_fit_returns_self_and_learned_state(data):
+    (X, y), (Xt, yt) = data
+    head = KerasHead(tasks=TASKS, **FAST)
+    assert not any(k.endswith("_") for k in vars(head))
+    assert head.fit((X, y), vocabularies={"gender": ["male", "female"]}) is head
+    for attr in ("model_", "vocabularies_", "scalers_", "history_", "feature_groups_"):
+        assert hasattr(head, attr)
+    assert head.vocabularies_["gender"] == ["male", "female"]
+    assert head.feature_groups_ == {"embedding": 16}
+    proba = head.predict_proba(Xt)
+    assert set(proba) == {"gender", "race"}
+    assert proba["race"].shape == (600, 5)
+    np.testing.assert_allclose(proba["race"].sum(axis=1), 1, atol=1e-5)
+    pred = head.predict(Xt)
+    assert (pred["gender"] == yt["gender"]).mean() > 0.8  # the Keras copy of the torch weights works
+    assert np.abs(pred["age"] - yt["age"]).mean() < 12
+
+
+@pytest.mark.parametrize("param,value,message", [
+    ("dropout", 1.5, "KerasHead: dropout must be a number >= 0.0 and <= 0.95, got 1.5"),
+    ("hidden", [0], "KerasHead: hidden must be a list of positive integers"),
+    ("class_weighting", "balanced", "KerasHead: class_weighting must be one of 'inverse', 'none'"),
+    ("age_mode", "bins", "KerasHead: age_mode must be one of 'regression', 'expected'"),
+    ("lr", 0, "KerasHead: lr must be a number > 0.0"),
+    ("loss_weights", {"smiling": 1.0}, "KerasHead: loss_weights must be keyed by the fitted tasks"),
+])
+def test_bad_params_are_uniform_config_errors(data, param, value, message):
+    (X, y), _ = data
+    with pytest.raises(ConfigError, match="^" + message.replace("(", r"\(").replace("[", r"\[")):
+        KerasHead(tasks=TASKS, **{param: value}).fit((X, y))
+
+
+def test_class_weight_formula():
+    w = class_weights(np.array([0, 0, 0, 1, -1, -1]), 3)
+    # counts 3, 1, 0: w ∝ 1/n over present classes, mean 1 over them; absent class 0
+    np.testing.assert_allclose(w, [0.5, 1.5, 0.0])
+    codes = np.array([0] * 70 + [1] * 20 + [2] * 10)
+    w = class_weights(codes, 3)
+    assert w.mean() == pytest.approx(1.0)
+    np.testing.assert_allclose(w * np.array([70, 20, 10]), (w * np.array([70, 20, 10]))[0])
+    np.testing.assert_array_equal(class_weights(codes, 3, "none"), [1, 1, 1])
+
+
+def test_missing_labels_are_masked_not_learned_as_class_zero():
+    # Half the rows look like gender 1 but have no label. If they were not masked out they would
+    # be learned as code 0 (or poison the loss) and gender-1 faces would come out as 0.
+    a = synthetic_arrays(2400, 16, seed=3, noise=0.6)
+    g = a["gender"].copy()
+    unlabeled = np.flatnonzero(g == 1)[: (g == 1).sum() * 3 // 4]
+    g[unlabeled] = -1
+    y = {"gender": g}
+    head = KerasHead(tasks=["gender"], **FAST).fit(({"embedding": a["X"]}, y))
+    b = synthetic_arrays(600, 16, seed=4, noise=0.6)
+    pred = head.predict({"embedding": b["X"]})["gender"]
+    assert (pred[b["gender"] == 1] == 1).mean() > 0.7
+
+
+def test_two_fits_are_identical(data):
+    (X, y), (Xt, _) = data
+    p1 = KerasHead(tasks=TASKS, seed=3, **FAST).fit((X, y)).predict_proba(Xt)
+    p2 = KerasHead(tasks=TASKS, seed=3, **FAST).fit((X, y)).predict_proba(Xt)
+    for t in p1:
+        np.testing.assert_array_equal(p1[t], p2[t])
+
+
+def test_expected_age_from_age_group(data):
+    (X, y), (Xt, yt) = data
+    head = KerasHead(tasks=["age"], age_mode="expected", **FAST).fit((X, y))
+    assert head.outputs_ == ["age_group"]
+    assert len(head.age_bin_means_) == 9
+    out = head.predict(Xt)
+    assert set(out) == {"age"}
+    assert np.abs(out["age"] - yt["age"]).mean() < 14
+
+
+def test_weighting_raises_minority_recall(data):
+    from sklearn.metrics import balanced_accuracy_score
+
+    (X, y), (Xt, yt) = data
+    scores = {}
+    for cw in ("inverse", "none"):
+        pred = KerasHead(tasks=["race"], class_weighting=cw, **FAST).fit((X, y)).predict(Xt)
+        scores[cw] = balanced_accuracy_score(yt["race"], pred["race"])
+    assert scores["inverse"] >= scores["none"] - 0.01
+
+
+@pytest.mark.parametrize("norm,hidden", [("batch", (32, 16)), ("none", ()), ("layer", (8,))])
+def test_fused_inference_matches_the_keras_model(norm, hidden):
+    a = synthetic_arrays(500, 6, seed=2)
+    X = {"embedding": a["X"], "extra": a["X"][:, :3] * 10 + 5}
+    head = KerasHead(tasks=TASKS, hidden=hidden, norm=norm, features=["embedding", "extra"],
+                     epochs=3).fit((X, {t: a[t] for t in TASKS}))
+    fast, slow = head.predict_outputs(X), head.predict_outputs(X, fused=False)
+    for t in TASKS:
+        np.testing.assert_allclose(fast[t], slow[t], rtol=1e-4, atol=1e-4)

@@ -72,7 +72,8 @@ def readme_loop(paths, state_dict, threads: int):
     return embs, time.perf_counter() - t0
 
 
-def faceprobe_run(paths, precision: str, threads: int, workers: int, batch_size: int):
+def faceprobe_run(paths, precision: str, threads: int, workers: int, batch_size: int,
+                  shard_size: int | None = None):
     import torch
 
     from faceprobe.data.records import FaceRecord
@@ -85,7 +86,7 @@ def faceprobe_run(paths, precision: str, threads: int, workers: int, batch_size:
     recs = [FaceRecord(path=p, dataset="lfw") for p in paths]
     with tempfile.TemporaryDirectory() as d:
         t0 = time.perf_counter()
-        summary = embed_dataset(recs, Path(d) / "s", bb, shard_size=len(recs),
+        summary = embed_dataset(recs, Path(d) / "s", bb, shard_size=shard_size or len(recs),
                                 batch_size=batch_size, workers=workers, show_progress=False)
         seconds = time.perf_counter() - t0
         data = Store(Path(d) / "s").load()

@@ -81,8 +81,11 @@ def test_rewritten_shard_makes_extra_stale(tmp_path):
     st = make(tmp_path / "s")
     write_extra(st.path, "rcnn_box_score", 0, np.ones(3))
     assert is_current(st.path, "rcnn_box_score", 0)
-    with StoreWriter.open(st.path, META, overwrite=True) as w:  # re-embed with other content
+    with StoreWriter.open(st.path, META) as w:  # shard 0 re-embedded (e.g. --repair)
         w.write_shard(0, rows(0, 3)[::-1])
     assert not is_current(st.path, "rcnn_box_score", 0)
     with pytest.raises(StoreError, match="older version"):
         read_extra(st, "rcnn_box_score", np.array([[0, 0]]))
+    with StoreWriter.open(st.path, META, overwrite=True):  # a new store drops old extras
+        pass
+    assert not list(st.path.glob("extra-*"))

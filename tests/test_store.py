@@ -191,3 +191,62 @@ def test_build_vocabularies_fills_undeclared():
     recs = [R({"class": "b", "age": 3.0}), R({"class": "a", "gender": "male"})]
     v = build_vocabularies(recs, {"gender": ["male", "female"]})
     assert v == {"gender": ["male", "female"], "class": ["a", "b"], "age": None}
+
+
+def test_verify_reports_interrupted_write_as_missing_not_damaged(tmp_path):
+    p = tmp_path / "s"
+    write_all(p)
+    os.remove(p / stats_name(2))  # a kill between the .h5 rename and the stats rename
+    report = Store(p).verify()
+    assert not report["ok"] and report["damaged"] == []
+    assert report["missing"] == [2] and report["interrupted"] == [2]
+    assert report["shards"] == 2 and report["rows"] == 8
+
+
+def test_verify_names_unreadable_stats_and_wrong_dimension(tmp_path):
+    p = tmp_path / "s"
+    write_all(p)
+    (p / stats_name(0)).write_text("{")
+    m = json.loads((p / "manifest.json").read_text())
+    m["features"]["embedding"] = DIM * 2
+    (p / "manifest.json").write_text(json.dumps(m))
+    report = Store(p).verify()
+    problems = {d["shard"]: d["problem"] for d in report["damaged"]}
+    assert problems[0].startswith("stats file unreadable")
+    assert "manifest says (4, 16)" in problems[1] and set(problems) == {0, 1, 2}
+    with pytest.raises(StoreError, match="manifest says 4 rows of dimension 16"):
+        Store(p).read_shard(1)
+
+
+def test_repair_deletes_only_damaged_shards(tmp_path):
+    p = tmp_path / "s"
+    write_all(p)
+    with open(p / shard_name(1), "r+b") as f:
+        f.seek(200)
+        f.write(b"\0\0\0\0")
+    with StoreWriter.open(p, meta()) as w:
+        damaged = w.repair()
+        assert [d["shard"] for d in damaged] == [1]
+        assert w.done_shards() == {0, 2}
+        w.write_shard(1, [row(4 + k) for k in range(4)])
+    assert Store(p).verify()["ok"]
+
+
+@pytest.mark.parametrize("bad", [{"features": {"embedding": "8"}}, {"features": {}},
+                                 {"shard_size": 0}, {"vocabularies": {"gender": "male"}},
+                                 {"num_shards": -1}])
+def test_manifest_values_are_checked_on_open(tmp_path, bad):
+    p = tmp_path / "s"
+    write_all(p, shards=1)
+    m = json.loads((p / "manifest.json").read_text()) | bad
+    (p / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(StoreError, match=r"manifest.json has (an? )?invalid"):
+        Store(p)
+
+
+def test_non_utf8_path_keeps_its_bytes_as_escapes(tmp_path):
+    name = os.fsdecode(b"/img/caf\xe9.jpg")
+    with StoreWriter.open(tmp_path / "s", meta(num_shards=1)) as w:
+        w.write_shard(0, [row(0, path=name), row(1, path=os.fsdecode(b"/img/caf\xe8.jpg"))])
+    paths = Store(tmp_path / "s").load(usable_only=False).path.tolist()
+    assert paths == ["/img/caf\\xe9.jpg", "/img/caf\\xe8.jpg"]  # distinct, and readable

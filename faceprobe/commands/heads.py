@@ -54,6 +54,12 @@ def register(subparsers) -> None:
     p.add_argument("--dir", required=True, help="search directory; reused to resume")
     p.add_argument("--max-epochs", type=int, default=30,
                    help="epoch budget of one mlp trial (default 30)")
+    p.add_argument("--role", choices=("chief", "worker"), default=None,
+                   help="distributed search: the chief serves trials at --oracle and refits the "
+                        "best into --out; workers run trials (same command, shared --dir)")
+    p.add_argument("--oracle", default=None, metavar="HOST:PORT",
+                   help="with --role: where the chief listens (chief: an address of its own, "
+                        "0.0.0.0 for all; workers: the chief's address)")
     p.set_defaults(func=cmd_tune)
 
     p = subparsers.add_parser("score", help="write predictions for a store or image files",
@@ -68,12 +74,17 @@ def register(subparsers) -> None:
     p.set_defaults(func=cmd_score)
 
     p = subparsers.add_parser("evaluate", help="metrics of a model bundle on a store split",
-                              description="Accuracy / balanced accuracy per task and age MAE.")
+                              description="Per task: accuracy, balanced accuracy, per-class "
+                                          "precision/recall/F1, kappa, confusion matrix, ROC AUC; "
+                                          "age MAE/RMSE/CS5; 95%% bootstrap intervals; metrics per "
+                                          "demographic group. --report writes an HTML report.")
     p.add_argument("model", metavar="MODEL", help="model bundle directory")
     p.add_argument("store", metavar="STORE", help="embedding store directory")
     p.add_argument("--split", choices=("test", "val", "train", "all"), default="test",
                    help="rows to evaluate on (default test, as recorded in the bundle)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.add_argument("--report", metavar="DIR",
+                   help="write index.html (self-contained), metrics.json and summary.md here")
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -102,7 +113,12 @@ def cmd_tune(args) -> int:
     res = tune_store(args.store, args.tasks, head=args.head, tuner=args.tuner, trials=args.trials,
                      directory=args.dir, out=args.out, features=_features(args.features),
                      class_weighting=args.class_weighting, seed=args.seed,
-                     max_epochs=args.max_epochs, overwrite=args.overwrite, log=_log)
+                     max_epochs=args.max_epochs, overwrite=args.overwrite, log=_log,
+                     role=args.role, oracle=args.oracle)
+    if args.role == "worker":
+        print(f"worker ran {res.trials_run_now} trials in {res.seconds:.0f}s; the search is "
+              f"over (best score {res.best_score:.4f}); the chief refits and saves the best")
+        return 0
     print(f"{res.trials} trials ({res.trials_run_now} this run) in {res.seconds:.0f}s; "
           f"best score {res.best_score:.4f}: "
           + ", ".join(f"{k}={v}" for k, v in res.best_params.items()))
@@ -129,13 +145,15 @@ def cmd_score(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from faceprobe.heads.bundle import load_bundle
-    from faceprobe.heads.evaluate import evaluate_bundle, format_metrics
+    from faceprobe.heads.evaluate import format_metrics
+    from faceprobe.report.build import evaluate_to_report
 
-    res = evaluate_bundle(load_bundle(args.model), args.store, split=args.split)
+    res = evaluate_to_report(args.model, args.store, args.report, split=args.split)
     if args.json:
-        print(json.dumps(res, indent=1))
+        print(json.dumps(res, indent=1, default=str))
     else:
-        print(f"{res['head']} on {res['store']} ({res['split']}: {res['split_description']})")
+        print(f"{res['head']} on {res['store']} ({res['split']}: {res['rows_described']})")
         print(format_metrics(res))
+        if args.report:
+            print(f"report: {res['report']}")
     return 0

@@ -86,6 +86,20 @@ class DatasetReader:
             raise LabelFormatError(file, line_no, message)
         self.problem("bad_line", file=str(file), line=line_no, message=message)
 
+    def inside_root(self, file: str, line_no: int, rel: str, base: str | None = None) -> str | None:
+        """The normalised path of ``rel`` (relative to ``base``, default the root), or None after
+        reporting a bad line when it leaves the dataset root (``../``, an absolute path): a label
+        file is data from whoever shipped the dataset and must not point the toolkit at files
+        elsewhere on the machine."""
+        if "/" not in rel and rel not in (".", ".."):  # a plain name: the common, hot case
+            return os.path.join(base or self.root, rel)
+        path = os.path.normpath(os.path.join(base or self.root, rel))
+        if os.path.commonpath([self.root, path]) != self.root:
+            self.bad_line(file, line_no, f"path {rel[:80]!r} leaves the dataset root {self.root}; "
+                                         "refused")
+            return None
+        return path
+
     def read_lines(self, path: str) -> list[str]:
         """The lines of a text file (CRLF/LF, BOM stripped), numbered from 1 by list index + 1."""
         try:

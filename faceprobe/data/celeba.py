@@ -129,11 +129,13 @@ class CelebAReader(DatasetReader):
                 raise LabelFormatError(path, 1, message)
             self.problem("count_mismatch", file=path, line=1, message=message)
 
-    def _keyed(self, path: str, table, n_values: int, valid=None, convert=None) -> dict:
+    def _keyed(self, path: str, table, n_values: int, valid=None, convert=None,
+               as_row: bool = False) -> dict:
         """file -> stored row for rows of exactly 1 + n_values fields; bad rows reported.
 
-        Stored: the value (one value), ``convert(values)`` (raising ValueError for a bad row), or
-        the row as whitespace-separated text. ``valid``: the allowed value strings.
+        Stored: the value (one value, unless ``as_row``), ``convert(values)`` (raising ValueError
+        for a bad row), or the row as whitespace-separated text. ``valid``: the allowed value
+        strings.
         """
         _, lines, first, sep = table
         n_fields = n_values + 1
@@ -151,6 +153,9 @@ class CelebAReader(DatasetReader):
                     self._skipped.add(fields[0])
                 continue
             fname = fields[0]
+            if self.inside_root(path, i + 1, fname, self.image_dir) is None:
+                self._skipped.add(fname)
+                continue
             if valid is not None and (sum(fields.count(v) for v in valid) - (fname in valid)
                                       != n_values):
                 bad = next(v for v in fields[1:] if v not in valid)
@@ -167,7 +172,7 @@ class CelebAReader(DatasetReader):
                 except ValueError as exc:
                     self.bad_line(path, i + 1, str(exc))
                     self._skipped.add(fname)
-            elif n_values == 1:
+            elif n_values == 1 and not as_row:
                 out[fname] = fields[1]
             else:
                 out[fname] = line
@@ -185,7 +190,8 @@ class CelebAReader(DatasetReader):
             raise LabelFormatError(self.attr_file, 1 if csv else 2,
                                    "expected a header of distinct attribute names")
         self.attribute_names = tuple(names)
-        attr = self._keyed(self.attr_file, table, len(names), _VALID)
+        # as_row: records split the row again, also when the file has a single attribute
+        attr = self._keyed(self.attr_file, table, len(names), _VALID, as_row=True)
         identity: dict[str, str] = {}
         if self.identity_file:
             identity = self._keyed(self.identity_file, self._table(self.identity_file, 0), 1)

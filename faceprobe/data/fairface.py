@@ -68,7 +68,9 @@ class FairFaceReader(DatasetReader):
                                   f"age {age[:20]!r}, gender {gender[:20]!r} or race {race[:20]!r} "
                                   "is not a FairFace value")
                     continue
-                path = os.path.normpath(os.path.join(self.root, rel))
+                path = self.inside_root(label_file, line_no, rel)
+                if path is None:
+                    continue
                 if path in rows:
                     self.problem("duplicate_entry", file=label_file, line=line_no, path=path,
                                  message="image listed again; the first line is kept")

@@ -142,7 +142,9 @@ class IMDBWikiReader(DatasetReader):
                 if not math.isnan(gender_code) and gender_code not in (0.0, 1.0):
                     self.bad_line(mat_path, i + 1, f"gender {gender_code!r} is not 1, 0 or NaN")
                     continue
-                path = os.path.normpath(os.path.join(base, rel))
+                path = self.inside_root(mat_path, i + 1, rel, base)
+                if path is None:
+                    continue
                 if path in rows:
                     self.problem("duplicate_entry", file=mat_path, line=i + 1, path=path,
                                  message="image listed again; the first row is kept")

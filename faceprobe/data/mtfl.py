@@ -93,7 +93,9 @@ class MTFLReader(DatasetReader):
                 except ValueError as exc:
                     self.bad_line(label_file, i + 1, str(exc))
                     continue
-                path = os.path.normpath(os.path.join(self.root, raw_path.replace("\\", "/")))
+                path = self.inside_root(label_file, i + 1, raw_path.replace("\\", "/"))
+                if path is None:
+                    continue
                 if path in rows:
                     self.problem("duplicate_entry", file=label_file, line=i + 1, path=path,
                                  message="image listed again; the first line is kept")

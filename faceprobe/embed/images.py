@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import struct
 import warnings
 from pathlib import Path
@@ -53,13 +54,18 @@ def load_image(source: str | os.PathLike | bytes | BinaryIO,
     if isinstance(source, (str, os.PathLike)):
         p = Path(source)
         try:
-            size = p.stat().st_size
+            st = p.stat()
         except FileNotFoundError:
             raise ImageLoadError(f"{name}: file not found", "missing", name) from None
         except OSError as exc:
             raise ImageLoadError(f"{name}: cannot stat ({exc.strerror})", "unreadable", name) from None
-        if p.is_dir():
+        if stat.S_ISDIR(st.st_mode):
             raise ImageLoadError(f"{name}: is a directory, not an image", "unreadable", name)
+        if not stat.S_ISREG(st.st_mode):
+            # a FIFO blocks open() forever and a device such as /dev/zero never ends
+            raise ImageLoadError(f"{name}: not a regular file (FIFO, socket or device); not read",
+                                 "unreadable", name)
+        size = st.st_size
         if size == 0:
             raise ImageLoadError(f"{name}: empty file (0 bytes)", "unreadable", name)
     elif isinstance(source, (bytes, bytearray, memoryview)):
@@ -88,9 +94,11 @@ def load_image(source: str | os.PathLike | bytes | BinaryIO,
     except UnidentifiedImageError:
         raise ImageLoadError(f"{name}: not an image file (unrecognised format)",
                              "unreadable", name) from None
-    except Image.DecompressionBombError as exc:
-        raise ImageLoadError(f"{name}: refused as a decompression bomb ({exc})",
-                             "unreadable", name) from None
+    except Image.DecompressionBombError:
+        # raised by Image.open from the header alone, before our own pixel limit is reached
+        raise ImageLoadError(
+            f"{name}: header claims more than {2 * (Image.MAX_IMAGE_PIXELS or 0)} pixels "
+            "(possible decompression bomb); refused", "unreadable", name) from None
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, KeyError,
             MemoryError, struct.error) as exc:
         # PIL signals truncation and corruption with all of these, depending on the codec

@@ -36,7 +36,7 @@ from faceprobe.embed.backbones import Backbone, BackboneConfig, create_backbone
 from faceprobe.embed.backbones.base import resolve_device
 from faceprobe.embed.detect import MULTI_FACE_POLICIES, NO_FACE_POLICIES, FaceDetector
 from faceprobe.embed.images import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
-from faceprobe.errors import ConfigError
+from faceprobe.errors import ConfigError, StoreError
 
 CHUNK = 16  # records per worker task: enough same-size images for one MTCNN batch
 LANDMARK_MODES = ("detect", "dataset")
@@ -262,6 +262,26 @@ def _finish(rows: list[dict]) -> list[dict]:
     return rows
 
 
+def _check_labels(records: Sequence[FaceRecord], vocab: dict) -> None:
+    """Refuse a label outside the store's vocabulary (or a non-numeric regression value) before
+    any image is embedded: the store would refuse it anyway, but only when its shard is written,
+    maybe hours into the run."""
+    allowed = {t: frozenset(v) for t, v in vocab.items() if v is not None}
+    for rec in records:
+        for task, value in rec.labels.items():
+            if task in allowed:
+                if str(value) not in allowed[task]:
+                    raise StoreError(f"label {task}={str(value)[:40]!r} of {rec.path} is not in "
+                                     f"the vocabulary {vocab[task][:12]}; fix the label file or "
+                                     "the reader's vocabulary")
+            elif task in vocab:
+                try:
+                    float(value)
+                except (TypeError, ValueError):
+                    raise StoreError(f"label {task}={str(value)[:40]!r} of {rec.path} is not a "
+                                     "number; fix the label file") from None
+
+
 def embed_dataset(records: Iterable[FaceRecord], out: str | os.PathLike, backbone: str | Backbone,
                   *, weights=None, shard_size: int = 1000, batch_size: int = 64,
                   device: str = "auto", precision: str = "fp32", workers: int | None = None,
@@ -270,9 +290,12 @@ def embed_dataset(records: Iterable[FaceRecord], out: str | os.PathLike, backbon
                   features: Sequence[str] = ("embedding",), resume: bool = True,
                   overwrite: bool = False, show_progress: bool = True,
                   vocabularies: dict | None = None, dataset: str | None = None,
-                  root: str | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> dict:
+                  root: str | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                  repair: bool = False) -> dict:
     """Embed every record into the store at ``out``; returns a summary dict (rows by status,
-    images/s, shards written/skipped). Resumes an existing store made with the same settings."""
+    images/s, shards written/skipped). Resumes an existing store made with the same settings;
+    ``repair`` first deletes the shards ``Store.verify`` finds damaged, so they are embedded
+    again and the intact ones are kept."""
     from faceprobe.embed.store import StoreWriter, build_vocabularies, records_fingerprint
 
     if shard_size < 1 or batch_size < 1:
@@ -291,6 +314,7 @@ def embed_dataset(records: Iterable[FaceRecord], out: str | os.PathLike, backbon
         tasks = {t for r in records for t in r.labels}
         vocabularies = {t: v for t, v in DEFAULT_VOCABULARIES.items() if t in tasks}
     vocab = build_vocabularies(records, vocabularies)
+    _check_labels(records, vocab)
     n_shards = math.ceil(len(records) / shard_size)
     meta = {
         "backbone": bb.name, "weights_sha256": bb.weights_sha256, "alignment": cfg.describe(),
@@ -305,6 +329,7 @@ def embed_dataset(records: Iterable[FaceRecord], out: str | os.PathLike, backbon
     t0 = time.perf_counter()
     status: Counter = Counter()
     with StoreWriter.open(out, meta, overwrite=overwrite, resume=resume) as writer:
+        repaired = writer.repair() if repair else []
         done = writer.done_shards()
         pending = [i for i in range(n_shards) if i not in done]
         chunks = []
@@ -344,7 +369,7 @@ def embed_dataset(records: Iterable[FaceRecord], out: str | os.PathLike, backbon
         "status": dict(sorted(status.items())), "shards_written": len(pending),
         "shards_skipped": len(done), "seconds": round(seconds, 3),
         "images_per_s": round(todo_images / seconds, 2) if seconds > 0 else None,
-        "workers": workers,
+        "workers": workers, "repaired": [d["shard"] for d in repaired],
     }
 
 
@@ -375,5 +400,7 @@ def format_summary(summary: dict) -> str:
             f"{summary['seconds']:.1f}s"
             + (f", {rate:.1f} images/s" if rate else "")
             + f"; shards written {summary['shards_written']}, skipped {summary['shards_skipped']}"
+            + (f" (repaired {', '.join(map(str, summary['repaired']))})"
+               if summary.get("repaired") else "")
             + f"; store {summary['store']}")
 

@@ -30,6 +30,7 @@ import json
 import os
 import re
 import socket
+import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -123,13 +124,22 @@ def _now() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
+def _replace(tmp: Path, path: Path) -> None:
+    # Test hook, used only by tests/reliability: a pause before each rename lets a SIGKILL land
+    # inside the rename window on purpose instead of by luck. Unset in every real run.
+    pause = os.environ.get("FACEPROBE_TEST_PAUSE_BEFORE_RENAME")
+    if pause:
+        time.sleep(float(pause))
+    os.replace(tmp, path)
+
+
 def _write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
+    _replace(tmp, path)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -238,6 +248,20 @@ class StoreWriter:
     def done_shards(self) -> set[int]:
         return set(_done_shards(self.path))
 
+    def repair(self) -> list[dict]:
+        """Delete every shard ``verify`` finds damaged (its ``.h5`` and stats), so the resume that
+        follows re-embeds those shards alone; returns the damaged entries."""
+        if self._lock.fd is None:
+            raise StoreError(f"store {self.path} writer is closed")
+        damaged = Store(self.path).verify()["damaged"]
+        for d in damaged:
+            for name in (stats_name(d["shard"]), shard_name(d["shard"])):  # stats first: it marks done
+                with contextlib.suppress(FileNotFoundError):
+                    (self.path / name).unlink()
+        if damaged:
+            _fsync_dir(self.path)
+        return damaged
+
     def update_meta(self, **items: Any) -> None:
         self.meta.update(items)
         _write_atomic(self.path / MANIFEST, json.dumps(self.meta, indent=1, sort_keys=True).encode())
@@ -259,7 +283,7 @@ class StoreWriter:
             f.attrs["faceprobe_version"] = __version__
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        os.replace(tmp, h5_path)
+        _replace(tmp, h5_path)
         stats = {
             "shard": index, "rows": len(rows),
             "status": dict(Counter(r["status"] for r in rows)),
@@ -312,7 +336,10 @@ def encode_rows(rows: Sequence[dict], meta: dict) -> dict[str, np.ndarray]:
 def _text(value: Any) -> str:
     if value is None:
         return ""
-    return str(value).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    # A non-UTF-8 file name arrives with surrogate escapes, which HDF5's UTF-8 strings cannot
+    # hold. Its stray bytes are kept as \xe9 escapes: U+FFFD would make two names that differ
+    # only in those bytes the same path.
+    return str(value).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _stack(rows: Sequence[dict], key: str, shape: tuple[int, ...]) -> np.ndarray:
@@ -361,7 +388,35 @@ def _read_manifest(path: Path) -> dict:
             f"store {path} has format {meta.get('format_version')}, newer than this faceprobe "
             f"({__version__}) reads; upgrade faceprobe"
         )
+    _check_manifest(path, meta)
     return meta
+
+
+def _is_count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def _check_manifest(path: Path, meta: dict) -> None:
+    """A manifest is read from disk, so it is untrusted: anything every reader relies on is
+    checked here, where a bad value is one line, not a crash deep in a head."""
+    where = path / MANIFEST
+    feats = meta.get("features")
+    if not isinstance(feats, dict) or not feats or not all(
+            isinstance(k, str) and _is_count(v) for k, v in feats.items()):
+        raise StoreError(f"{where} has invalid feature dimensions {str(feats)[:80]}; "
+                         "re-embed with --overwrite")
+    vocab = meta.get("vocabularies")
+    if not isinstance(vocab, dict) or not all(
+            v is None or (isinstance(v, list) and all(isinstance(x, str) for x in v))
+            for v in vocab.values()):
+        raise StoreError(f"{where} has invalid label vocabularies; re-embed with --overwrite")
+    if not _is_count(meta.get("shard_size")):
+        raise StoreError(f"{where} has an invalid shard_size {meta.get('shard_size')!r}; "
+                         "re-embed with --overwrite")
+    for key in ("num_shards", "num_records"):
+        v = meta.get(key)
+        if v is not None and not (_is_count(v) or v == 0):
+            raise StoreError(f"{where} has an invalid {key} {v!r}; re-embed with --overwrite")
 
 
 def _done_shards(path: Path) -> list[int]:
@@ -499,6 +554,13 @@ class Store:
         try:
             with h5py.File(p, "r") as f:
                 n = int(f.attrs["rows"])
+                for g in features:
+                    shape = f[f"features/{g}"].shape
+                    if shape != (n, self.feature_dims[g]):
+                        raise StoreError(
+                            f"shard {p} holds {g!r} of shape {shape}, but the manifest says "
+                            f"{n} rows of dimension {self.feature_dims[g]}; the store is "
+                            f"inconsistent: run `faceprobe store verify {self.path}`")
 
                 def strs(name):
                     return f[name].asstr()[...].astype(object) if n else np.zeros(0, object)
@@ -556,32 +618,71 @@ class Store:
         return parts[0] if len(parts) == 1 else StoreData.concat(parts)
 
     def verify(self) -> dict:
-        """Check every shard against its stats (checksum, rows) and the manifest."""
-        damaged: list[dict] = []
-        for p in self.path.glob("shard-*.h5"):
-            idx = int(p.stem.split("-")[1])
-            if not (self.path / stats_name(idx)).exists():
-                damaged.append({"shard": idx, "problem": "no stats file (interrupted write)"})
-        for s in self.shard_stats():
-            idx = s["shard"]
-            p = self.path / shard_name(idx)
-            if file_sha256(p) != s.get("sha256"):
-                damaged.append({"shard": idx, "problem": "checksum differs from its stats"})
-                continue
-            try:
-                with h5py.File(p, "r") as f:
-                    n = int(f.attrs["rows"])
-                    bad = [k for k in ("path", "status", "box") if f[k].shape[0] != n]
-                    bad += [g for g in self.feature_dims if f[f"features/{g}"].shape[0] != n]
-            except (OSError, KeyError) as exc:
-                damaged.append({"shard": idx, "problem": f"unreadable ({exc})"})
-                continue
-            if bad or n != s["rows"]:
-                damaged.append({"shard": idx, "problem": "row count differs from its stats"})
+        """Check every shard against its stats (checksum, rows) and the manifest (shard count,
+        feature dimensions, label columns). Damage is reported, never raised: ``damaged`` names
+        each shard with its problem, ``missing`` the shards the manifest expects that are not
+        complete (a run not finished; ``interrupted``: those a kill left half-written)."""
+        damaged: dict[int, str] = {}
+        intact: list[int] = []
+        rows = 0
+        h5_idx = {int(m.group(1)) for p in self.path.iterdir()
+                  if (m := re.match(r"^shard-(\d{5,})\.h5$", p.name))}
+        stats_idx = {int(m.group(1)) for p in self.path.iterdir()
+                     if (m := _SHARD_RE.match(p.name))}
+        # an .h5 without stats is a write a kill interrupted: the next run rewrites it, so it
+        # is reported as missing (incomplete), not as damage
+        interrupted = sorted(h5_idx - stats_idx)
         expected = self.meta.get("num_shards")
+        for idx in sorted(h5_idx & stats_idx):
+            problem, n = self._check_shard(idx)
+            if problem is None and expected is not None and idx >= int(expected):
+                problem = f"index beyond the manifest's {expected} shards"
+            if problem is None:
+                intact.append(idx)
+                rows += n
+            else:
+                damaged[idx] = problem
         missing = []
         if expected is not None:
-            present = set(self.shards())
-            missing = [i for i in range(int(expected)) if i not in present]
-        return {"ok": not damaged and not missing, "shards": len(self.shards()),
-                "damaged": sorted(damaged, key=lambda d: d["shard"]), "missing": missing}
+            missing = [i for i in range(int(expected)) if i not in intact and i not in damaged]
+        return {"ok": not damaged and not missing, "store": str(self.path), "shards": len(intact),
+                "shards_expected": expected, "rows": rows,
+                "damaged": [{"shard": i, "file": shard_name(i), "problem": damaged[i]}
+                            for i in sorted(damaged)],
+                "missing": missing, "interrupted": interrupted}
+
+    def _check_shard(self, idx: int) -> tuple[str | None, int]:
+        p, sp = self.path / shard_name(idx), self.path / stats_name(idx)
+        try:
+            stats = json.loads(sp.read_text())
+            want_rows, want_sha = int(stats["rows"]), str(stats["sha256"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            return f"stats file unreadable ({_short(exc)})", 0
+        try:
+            sha = file_sha256(p)
+        except OSError as exc:
+            return f"shard file unreadable ({_short(exc)})", 0
+        if sha != want_sha:
+            return "checksum differs from its stats (modified or damaged after writing)", 0
+        try:
+            with h5py.File(p, "r") as f:
+                n = int(f.attrs["rows"])
+                bad = [k for k in (*_STR_COLUMNS, "face", "box", "score") if f[k].shape[0] != n]
+                for g, dim in self.feature_dims.items():
+                    if f[f"features/{g}"].shape != (n, dim):
+                        return (f"feature {g!r} has shape {f[f'features/{g}'].shape}, the "
+                                f"manifest says ({n}, {dim})"), 0
+                bad += [t for t in self.vocabularies if f[f"labels/{t}"].shape[0] != n]
+        except (OSError, KeyError, ValueError) as exc:
+            return f"unreadable ({_short(exc)})", 0
+        if bad or n != want_rows:
+            return "row count differs from its stats", 0
+        num = self.meta.get("num_records")
+        size = int(self.meta["shard_size"])
+        if num is not None and n < min(size, int(num) - idx * size):
+            return "fewer rows than the records it covers", 0
+        return None, n
+
+
+def _short(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:160] or type(exc).__name__

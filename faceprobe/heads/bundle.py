@@ -5,14 +5,14 @@ Layout::
     MODEL/bundle.json      format version, head kind, tasks, vocabularies, backbone, feature groups
                            and dims, store provenance, split, validation metrics, history, scalers
     MODEL/model.keras      the Keras head (loaded with safe_mode=True, no compile state)
-    MODEL/model-0.skops    or one scikit-learn pipeline per task (skops; joblib if skops is absent)
+    MODEL/model-0.skops    or one scikit-learn pipeline per task (skops)
     MODEL/checksums.json   sha256 of every other file, verified before anything is parsed
 
 Decisions:
 - Nothing that executes code on load: ``.keras`` in safe mode (no lambdas), scikit-learn models
   through skops with an allow-list of scikit-learn/numpy types (any other type in the file is
-  refused, not trusted). Where skops is not installed the fallback is joblib, which *can* execute
-  code: its protection is only the checksum manifest, so prefer skops.
+  refused, not trusted). A bundle claiming joblib (pickle) serialization is refused outright: a
+  forger can recompute the checksum manifest, so checksums are no protection against pickle.
 - The checksum manifest catches a bundle modified or partly copied after saving; it is checked
   before bundle.json is even parsed. It is no defence against someone rewriting the manifest too:
   that is what safe mode and skops are for.
@@ -66,14 +66,6 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, np.generic):
         return obj.item()
     return obj
-
-
-def _have_skops() -> bool:
-    try:
-        import skops.io  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def store_provenance(store: Any) -> dict[str, Any]:
@@ -170,17 +162,12 @@ def save_bundle(model: Any, out: str | os.PathLike, *, store: Any = None,
             model.model_.save(tmp / KERAS_FILE)
             serialization, files["model"] = "keras", KERAS_FILE
         else:
-            serialization = "skops" if _have_skops() else "joblib"
+            import skops.io as sio
+
+            serialization = "skops"
             for i, (task, est) in enumerate(model.models_.items()):
-                fname = f"model-{i}.{serialization}"
-                if serialization == "skops":
-                    import skops.io as sio
-
-                    sio.dump(est, tmp / fname)
-                else:
-                    import joblib
-
-                    joblib.dump(est, tmp / fname)
+                fname = f"model-{i}.skops"
+                sio.dump(est, tmp / fname)
                 files[task] = fname
         meta = {
             "format": FORMAT, "format_version": FORMAT_VERSION, "faceprobe_version": __version__,
@@ -290,7 +277,7 @@ def _load_sklearn(path: Path, fname: str, serialization: str | None) -> Any:
                               f"({', '.join(bad[:3])}); refusing to load it")
         return sio.load(f, trusted=untrusted)
     if serialization == "joblib":
-        import joblib
-
-        return joblib.load(f)  # only after verify_checksums passed
+        # pickle-based: loading can run code, and a forger can recompute checksums.json
+        raise BundleError(f"bundle {path} stores its models with joblib (pickle), which can run "
+                          "code when loaded; faceprobe refuses it: retrain to get a skops bundle")
     raise BundleError(f"bundle {path}: unknown serialization {serialization!r}; upgrade faceprobe")

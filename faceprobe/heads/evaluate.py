@@ -57,17 +57,15 @@ def compute_metrics(y: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarra
     return res
 
 
-def evaluate_bundle(bundle: Any, store: Store | str, split: str = "test") -> dict[str, Any]:
-    """``{"tasks": {task: {"accuracy", "balanced_accuracy", "n"} | {"mae", "n"}}, "age": ...}``"""
+def select_rows(bundle: Any, store: Store, split: str = "test") -> tuple[Any, str]:
+    """The store rows a bundle is evaluated on, and how they were chosen.
+
+    Labels of every task the store has are loaded (not only the bundle's), so reports can break
+    metrics down by demographic labels the head was not trained on."""
     from faceprobe.heads.splits import split_from_description
 
-    store = store if isinstance(store, Store) else Store(store)
     bundle.check_store(store)
-    tasks = [t for t in bundle.tasks if t in store.vocabularies]
-    if "age_group" in bundle.tasks and "age_group" not in store.vocabularies \
-            and AGE in store.vocabularies:
-        tasks.append(AGE)  # age_group is derived from age
-    data = store.load(features=list(bundle.features), tasks=tasks)
+    data = store.load(features=list(bundle.features), tasks=list(store.vocabularies))
     desc = bundle.meta.get("split") or {}
     same_store = (bundle.meta.get("store") or {}).get("records_sha256") == \
         store.meta.get("records_sha256")
@@ -85,10 +83,16 @@ def evaluate_bundle(bundle: Any, store: Store | str, split: str = "test") -> dic
                 "with --split all")
     if not len(idx):
         raise BundleError(f"split {split!r} of store {store.path} has no rows ({text})")
-    sub = data.subset(idx)
+    return data.subset(idx), text
+
+
+def evaluate_bundle(bundle: Any, store: Store | str, split: str = "test") -> dict[str, Any]:
+    """``{"tasks": {task: {"accuracy", "balanced_accuracy", "n"} | {"mae", "n"}}, "age": ...}``"""
+    store = store if isinstance(store, Store) else Store(store)
+    sub, text = select_rows(bundle, store, split)
     outputs = bundle.predict_outputs({g: sub.X[g] for g in bundle.features})
     res = compute_metrics(sub.y, outputs, bundle.tasks)
-    res.update({"split": split, "rows": len(idx), "split_description": text,
+    res.update({"split": split, "rows": len(sub), "split_description": text,
                 "store": str(store.path), "bundle": str(bundle.path), "head": bundle.kind})
     return res
 

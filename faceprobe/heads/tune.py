@@ -22,14 +22,27 @@ Decisions:
 - Trials run with a larger batch (1024) and short patience so 20 trials on 10k rows stay within a
   few minutes on 2 cores; the final model is refit with the head's normal defaults plus the best
   hyperparameters.
+- Distributed search (``role='chief'|'worker'``, ``oracle='HOST:PORT'``) is KerasTuner's own
+  chief/worker mode: the chief holds the oracle and serves it over gRPC, workers ask it for
+  trials and report scores, every process shares ``directory``. Its switches are environment
+  variables (KERASTUNER_TUNER_ID / _ORACLE_IP / _ORACLE_PORT); they are set only while the tuner
+  lives and restored afterwards, so one process can run several searches. Every process loads the
+  store and checks the directory's fingerprint (created atomically, first writer wins), so a
+  worker started with other settings is refused instead of reporting incomparable scores. The
+  chief serves with its own loop rather than KerasTuner's ``start_server``, which polls for the
+  end every 20 s; after the last trial it refits the best and writes ``out`` (workers write no
+  bundle). Each trial directory gets ``faceprobe-trial.json`` naming the tuner id, host and pid
+  that ran it, which KerasTuner itself does not record.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +65,9 @@ FINGERPRINT = "faceprobe-search.json"
 PROJECT = "search"
 TRIAL_BATCH = 1024
 TRIAL_PATIENCE = 4
+ROLES = ("chief", "worker")
+TRIAL_RECORD = "faceprobe-trial.json"
+CHIEF_WAIT_S = 600  # how long a worker waits for the chief to start serving
 
 
 def search_space(head: str, tasks: Sequence[str], max_epochs: int) -> list[dict[str, Any]]:
@@ -157,23 +173,37 @@ def _make_tuner_class():
             return
 
         def run_trial(self, trial, *args, **kwargs):
+            t0 = time.perf_counter()
             try:
                 score = self._run(trial.hyperparameters)
             except FaceprobeError as exc:
                 raise _FatalWrap(str(exc)) from exc
             self.trials_run_now += 1
+            record = {"trial_id": trial.trial_id, "tuner_id": self.tuner_id,
+                      "host": socket.gethostname(), "pid": os.getpid(), "score": score,
+                      "seconds": round(time.perf_counter() - t0, 3)}
+            path = os.path.join(self.get_trial_dir(trial.trial_id), TRIAL_RECORD)
+            with open(path, "w") as f:
+                json.dump(record, f, indent=1)
             return {"score": score}
 
         def on_trial_end(self, trial):
             super().on_trial_end(trial)
-            done = len([t for t in self.oracle.trials.values() if t.score is not None])
+            worker = self._is_worker()
+            if worker:  # the chief scored it; the local copy has no score
+                trial = self.oracle.get_trial(trial.trial_id)
+                done = f"{self.trials_run_now} run here"
+            else:
+                n = len([t for t in self.oracle.trials.values() if t.score is not None])
+                done = f"{n} scored"
             best = self.oracle.get_best_trials(1)
-            best_score = best[0].score if best else float("nan")
+            best_score = best[0].score if best and best[0].score is not None else float("nan")
             values = {k: v for k, v in trial.hyperparameters.values.items()
                       if not k.startswith("tuner/")}
             score = "failed" if trial.score is None else f"{trial.score:.4f}"
-            self._log(f"trial {trial.trial_id}: score {score} (best {best_score:.4f}, "
-                      f"{done} scored, {time.perf_counter() - self._started:.0f}s) "
+            who = f"{self.tuner_id} " if worker else ""
+            self._log(f"{who}trial {trial.trial_id}: score {score} (best {best_score:.4f}, "
+                      f"{done}, {time.perf_counter() - self._started:.0f}s) "
                       + ", ".join(f"{k}={_fmt(v)}" for k, v in values.items()))
 
         def save_model(self, trial_id, model, step=0):
@@ -188,8 +218,49 @@ def _make_tuner_class():
     return HeadTuner, _FatalWrap
 
 
+def _scored(oracle) -> int:
+    return len([t for t in oracle.trials.values() if t.score is not None])
+
+
 def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _atomic_json_writes() -> None:
+    """KerasTuner writes trial.json / oracle.json in place, so a kill mid-write leaves an empty
+    file that makes the next run crash on reload. Route its writer through tmp + rename."""
+    from keras_tuner.src import utils as kt_utils
+
+    if getattr(kt_utils.save_json, "_faceprobe_atomic", False):
+        return
+
+    def save_json(path, obj):
+        text = json.dumps(obj)
+        tmp = f"{path}.tmp"
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        return text
+
+    save_json._faceprobe_atomic = True
+    kt_utils.save_json = save_json
+
+
+def _drop_unreadable_trials(directory: Path) -> list[str]:
+    """Trials whose trial.json a kill left unreadable (runs before atomic writes) are removed so
+    the oracle re-runs them instead of the reload crashing."""
+    import shutil
+
+    dropped = []
+    for tj in sorted((directory / PROJECT).glob("trial_*/trial.json")):
+        try:
+            json.loads(tj.read_text())
+        except (OSError, ValueError):
+            shutil.rmtree(tj.parent, ignore_errors=True)
+            dropped.append(tj.parent.name)
+    return dropped
 
 
 def _check_fingerprint(directory: Path, fp: dict[str, Any]) -> None:
@@ -207,7 +278,105 @@ def _check_fingerprint(directory: Path, fp: dict[str, Any]) -> None:
         raise ConfigError(f"{project} exists without {FINGERPRINT}; use a new --dir")
     directory.mkdir(parents=True, exist_ok=True)
     if not path.exists():
-        path.write_text(json.dumps(fp, indent=1, sort_keys=True))
+        # chief and workers may start together: create-if-absent atomically, then compare
+        tmp = directory / f".{FINGERPRINT}.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(fp, indent=1, sort_keys=True))
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            _check_fingerprint(directory, fp)
+        finally:
+            tmp.unlink()
+
+
+def parse_oracle(value: str) -> tuple[str, int]:
+    host, sep, port = str(value).rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"--oracle must be HOST:PORT (e.g. 10.0.0.5:8000), got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+def _worker_id() -> str:
+    # KerasTuner treats any id containing "chief" as the chief, so keep that word out of it
+    host = socket.gethostname().replace("chief", "chf")
+    return f"worker-{host}-{os.getpid()}"
+
+
+@contextlib.contextmanager
+def _kerastuner_env(role: str | None, host: str, port: int, tuner_id: str) -> Iterator[None]:
+    keys = ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT")
+    saved = {k: os.environ.get(k) for k in keys}
+    if role is None:
+        for k in keys:
+            os.environ.pop(k, None)
+    else:
+        os.environ.update(zip(keys, (tuner_id, host, str(port)), strict=True))
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _wait_for_chief(host: str, port: int, timeout: float) -> None:
+    import grpc
+
+    channel = grpc.insecure_channel(f"{host}:{port}")
+    try:
+        grpc.channel_ready_future(channel).result(timeout=timeout)
+    except grpc.FutureTimeoutError:
+        raise ConfigError(f"no tuning chief answered at {host}:{port} within {timeout:.0f}s; "
+                          "start `faceprobe tune ... --role chief` first (or check the "
+                          "address and firewall)") from None
+    finally:
+        channel.close()
+
+
+def _requeue_orphans(oracle, log: Callable[[str], None]) -> None:
+    # A starting chief has no workers yet, so trials its saved state calls running were left by
+    # workers of an earlier chief; KerasTuner would wait for them forever. Run them again.
+    stale = sorted(t.trial_id for t in oracle.ongoing_trials.values())
+    if stale:
+        oracle.ongoing_trials.clear()
+        oracle._retry_queue.extend(stale)
+        log(f"chief: trials {', '.join(stale)} were left running by a previous chief; requeued")
+
+
+def _serve_oracle(oracle, host: str, port: int, log: Callable[[str], None]) -> None:
+    """KerasTuner's chief server, ending as soon as the search is over (see the docstring)."""
+    from concurrent import futures
+
+    import grpc
+    from keras_tuner.src import protos
+    from keras_tuner.src.distribute import oracle_chief
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    servicer = oracle_chief.OracleServicer(oracle)
+    protos.get_service_grpc().add_OracleServicer_to_server(servicer, server)
+    try:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError:
+        bound = 0
+    if not bound:
+        raise ConfigError(f"the tuning chief cannot listen on {host}:{port} (port in use or not "
+                          "an address of this machine); choose another --oracle")
+    server.start()
+    log(f"tuning chief serving the oracle on {host}:{port}; start workers with --role worker "
+        f"--oracle HOST:{port}")
+    last = -1
+    try:
+        while not (servicer.stop_triggered and oracle_chief.exit_chief(oracle)):
+            time.sleep(0.2)
+            n = len([t for t in oracle.trials.values() if t.score is not None])
+            if n != last:
+                last = n
+                log(f"chief: {n}/{oracle.max_trials} trials scored; workers active: "
+                    + (", ".join(sorted(oracle.ongoing_trials)) or "none"))
+    finally:
+        server.stop(grace=2).wait()
 
 
 def tune_store(store: Store | str | os.PathLike, tasks: str | Sequence[str] | None = None, *,
@@ -215,11 +384,30 @@ def tune_store(store: Store | str | os.PathLike, tasks: str | Sequence[str] | No
                directory: str | os.PathLike, out: str | os.PathLike | None = None,
                features: Sequence[str] | None = None, class_weighting: str = "inverse",
                seed: int = 0, max_epochs: int = 30, overwrite: bool = False,
-               log: Callable[[str], None] | None = None) -> TuneResult:
-    """Run (or continue) a search in ``directory``; refit the best and save it to ``out``."""
+               log: Callable[[str], None] | None = None, role: str | None = None,
+               oracle: str | None = None, tuner_id: str | None = None) -> TuneResult:
+    """Run (or continue) a search in ``directory``; refit the best and save it to ``out``.
+
+    ``role='chief'`` serves the search at ``oracle`` (HOST:PORT to listen on) until workers have
+    run every trial, then refits and saves; ``role='worker'`` runs trials for the chief at
+    ``oracle`` and returns what it ran (no refit, no bundle). ``directory`` must be shared."""
     import keras_tuner as kt
 
     log = log or (lambda s: None)
+    if role not in (None, *ROLES):
+        raise ConfigError(f"--role must be one of {', '.join(ROLES)}, got {role!r}")
+    if role is not None and not oracle:
+        raise ConfigError(f"--role {role} needs --oracle HOST:PORT (where the chief listens)")
+    if oracle and role is None:
+        raise ConfigError("--oracle is for a distributed search; add --role chief or worker")
+    host, port = parse_oracle(oracle) if role else ("", 0)
+    if role == "worker":
+        tuner_id = tuner_id or _worker_id()
+        if "chief" in tuner_id:
+            raise ConfigError(f"worker id {tuner_id!r} must not contain 'chief'")
+        out = None  # the chief alone refits and saves
+    elif role == "chief":
+        tuner_id = "chief"
     if head not in TUNABLE_HEADS:
         raise ConfigError(f"--head must be one of {', '.join(TUNABLE_HEADS)}, got {head!r}")
     if tuner not in TUNERS:
@@ -253,6 +441,12 @@ def tune_store(store: Store | str | os.PathLike, tasks: str | Sequence[str] | No
           "split_counts": split.description["counts"]}
     directory = Path(directory)
     _check_fingerprint(directory, fp)
+    _atomic_json_writes()
+    if role != "worker":  # only one process may delete; the chief or a lone search
+        dropped = _drop_unreadable_trials(directory)
+        if dropped:
+            log(f"re-running {len(dropped)} trial(s) a killed run left unreadable: "
+                + ", ".join(dropped))
 
     train, val = data.subset(split.train), data.subset(split.val)
     y_age = task_labels(AGE, train.y) if AGE in tasks else None
@@ -274,30 +468,49 @@ def tune_store(store: Store | str | os.PathLike, tasks: str | Sequence[str] | No
     _declare(hp, space)
     objective_ = kt.Objective("score", "max")
     if tuner == "random":
-        oracle = kt.oracles.RandomSearchOracle(objective=objective_, max_trials=trials,
+        oracle_ = kt.oracles.RandomSearchOracle(objective=objective_, max_trials=trials,
                                                seed=seed, hyperparameters=hp,
                                                allow_new_entries=False)
     elif tuner == "bayes":
-        oracle = kt.oracles.BayesianOptimizationOracle(
+        oracle_ = kt.oracles.BayesianOptimizationOracle(
             objective=objective_, max_trials=trials, seed=seed, hyperparameters=hp,
             allow_new_entries=False, num_initial_points=min(5, trials))
     else:
-        oracle = kt.oracles.HyperbandOracle(objective=objective_, max_epochs=max_epochs,
+        oracle_ = kt.oracles.HyperbandOracle(objective=objective_, max_epochs=max_epochs,
                                             factor=3, seed=seed, hyperparameters=hp,
                                             allow_new_entries=False)
-        oracle.max_trials = trials
+        oracle_.max_trials = trials
     HeadTuner, fatal = _make_tuner_class()
-    t = HeadTuner(oracle, run=run, log=log, directory=str(directory), project_name=PROJECT,
-                  overwrite=False)
-    t.oracle.max_trials = trials  # a resumed search may be asked for more trials than before
-    done_before = len(t.oracle.trials)
-    if done_before:
-        log(f"resuming search in {directory}: {done_before} trials done, {trials} wanted")
-    try:
-        t.search(verbose=0)
-    except fatal as exc:
-        raise ConfigError(str(exc)) from None
-    best = t.oracle.get_best_trials(1)
+    if role == "worker":
+        _wait_for_chief(host, port, CHIEF_WAIT_S)
+    with _kerastuner_env(role, host, port, tuner_id or ""):
+        t = HeadTuner(oracle_, run=run, log=log, directory=str(directory), project_name=PROJECT,
+                      overwrite=False)
+        if role != "worker":
+            t.oracle.max_trials = trials  # a resumed search may be asked for more than before
+            done_before = len(t.oracle.trials)
+            if done_before:
+                log(f"resuming search in {directory}: {done_before} trials done, {trials} wanted")
+        try:
+            if role == "chief":
+                t.oracle.verbose = 0
+                _requeue_orphans(t.oracle, log)
+                t.save()
+                scored_before = _scored(t.oracle)
+                _serve_oracle(t.oracle, host, port, log)
+                t.trials_run_now = _scored(t.oracle) - scored_before
+            else:
+                t.search(verbose=0)
+        except fatal as exc:
+            raise ConfigError(str(exc)) from None
+        best = t.oracle.get_best_trials(1)
+    if role == "worker":
+        best_values = {k: v for k, v in best[0].hyperparameters.values.items()
+                       if not k.startswith("tuner/")} if best else {}
+        return TuneResult(best_values, float(best[0].score) if best else float("nan"),
+                          t.trials_run_now, t.trials_run_now, {}, None, None,
+                          time.perf_counter() - start)
+
     if not best:
         raise ConfigError(f"no trial in {directory} produced a score; see the trial messages "
                           "in its trial_*/trial.json")

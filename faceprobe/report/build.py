@@ -1,10 +1,8 @@
 """``faceprobe evaluate MODEL STORE --report DIR``: metrics, fairness, plots, one HTML page.
 
 Decisions:
-- The rows evaluated are the bundle's recorded test split, re-derived on the store it was trained
-  on (same seed, same fractions); ``split='all'`` scores every usable row (e.g. another dataset).
-  When the re-derived test rows do not hash to what the bundle recorded (another store, rows
-  added), the report says so instead of pretending it is the held-out set.
+- The rows evaluated are chosen by ``heads.evaluate.select_rows``: the bundle's recorded split
+  re-derived on the store (refused when the store's rows changed since training), or ``all``.
 - Headline metrics carry 95% bootstrap intervals; per-group numbers are listed for every group but
   the "gap" only uses groups with >= 10 rows.
 """
@@ -17,48 +15,23 @@ import numpy as np
 
 from faceprobe.data.vocab import AGE
 from faceprobe.embed.store import Store
-from faceprobe.errors import FaceprobeError
 from faceprobe.report import metrics as M
 
 N_WORST = 12
 
 
-def _rows(bundle, store: Store, split: str):
-    tasks = [t for t in store.tasks]
-    data = store.load(features=list(bundle.features), tasks=tasks)
-    note = ""
-    if split == "all":
-        return data, np.arange(len(data)), "all usable rows"
-    desc = bundle.meta.get("split") or {}
-    if desc:
-        from faceprobe.heads.splits import rows_sha256, split_from_description
-
-        sp = split_from_description(data, desc)
-        idx = {"train": sp.train, "val": sp.val, "test": sp.test}.get(split)
-        if idx is None:
-            raise FaceprobeError(f"unknown split {split!r}; use train, val, test or all")
-        if split == "test" and desc.get("test_sha256") and \
-                rows_sha256(data, idx) != desc["test_sha256"]:
-            note = " (warning: these rows differ from the bundle's recorded test split)"
-        return data, idx, f"{split} split: {desc.get('text', '')}{note}"
-    mask = data.split == split
-    if not mask.any():
-        raise FaceprobeError(f"store {store.path} has no rows in split {split!r}; "
-                             "use --split all")
-    return data, np.flatnonzero(mask), f"rows with split={split}"
-
-
 def evaluate(bundle, store: Store, split: str = "test", n_boot: int = 500) -> tuple[dict, dict]:
     """(metrics, context) where context keeps the arrays the plots need."""
-    bundle.check_store(store)
-    data, idx, described = _rows(bundle, store, split)
-    if len(idx) == 0:
-        raise FaceprobeError(f"no rows to evaluate in split {split!r} of {store.path}")
-    sub = data.subset(idx)
-    outputs = bundle.predict_outputs(sub.X)
+    from faceprobe.heads.common import task_labels
+    from faceprobe.heads.evaluate import select_rows
+
+    sub, described = select_rows(bundle, store, split)
+    outputs = bundle.predict_outputs({g: sub.X[g] for g in bundle.features})
+    if "age_group" in bundle.tasks and "age_group" not in sub.y and AGE in sub.y:
+        sub.y["age_group"] = task_labels("age_group", sub.y)  # derived from age, as in training
     vocab = store.vocabularies
     groups = M.demographic_groups(sub.y, vocab)
-    out: dict = {"split": split, "rows": int(len(idx)), "rows_described": described,
+    out: dict = {"split": split, "rows": int(len(sub)), "rows_described": described,
                  "bundle": str(bundle.path), "head": bundle.kind, "backbone": bundle.backbone,
                  "features": bundle.features, "store": str(store.path), "tasks": {},
                  "fairness": {}}
@@ -67,6 +40,7 @@ def evaluate(bundle, store: Store, split: str = "test", n_boot: int = 500) -> tu
             continue
         if task == AGE:
             out["age"] = M.regression_metrics(sub.y[task], outputs[task], n_boot=n_boot)
+            out["tasks"][task] = out["age"]  # also under tasks, as `evaluate --json` promises
             out["fairness"][task] = M.fairness(task, sub.y[task], outputs[task], groups)
         else:
             out["tasks"][task] = M.classification_metrics(
@@ -125,9 +99,8 @@ def write_report(metrics: dict, context: dict, out_dir: str | Path, *, title: st
     head = ["task", "n", "accuracy [95% CI]", "balanced acc. [95% CI]", "macro F1", "kappa",
             "ROC AUC"]
     rows, md_rows = [], []
-    for task, m in metrics["tasks"].items():
-        if not m.get("n"):
-            continue
+    classification = {t: m for t, m in metrics["tasks"].items() if "mae" not in m and m.get("n")}
+    for task, m in classification.items():
         ci = m["ci"]
         rows.append([task, m["n"], Markup(fmt_ci(m["accuracy"], ci["accuracy"])),
                      Markup(fmt_ci(m["balanced_accuracy"], ci["balanced_accuracy"])),
@@ -147,9 +120,7 @@ def write_report(metrics: dict, context: dict, out_dir: str | Path, *, title: st
                                         a["rmse"], a["cs5"]]])
     w.section("Headline metrics", body, md)
 
-    for task, m in metrics["tasks"].items():
-        if not m.get("n"):
-            continue
+    for task, m in classification.items():
         vocab = m["classes"]
         y, proba = sub.y[task], outputs[task]
         figs = [img(plots.confusion_matrix_png(m["confusion_matrix"], vocab, f"{task}: confusion"),
@@ -193,7 +164,7 @@ def write_report(metrics: dict, context: dict, out_dir: str | Path, *, title: st
         w.section("Training curves", img(plots.history_png(hist, "training history"), "history"))
 
     grids = []
-    for task in list(metrics["tasks"]) + (["age"] if "age" in metrics else []):
+    for task in list(classification) + (["age"] if "age" in metrics else []):
         vocab = bundle.vocabularies.get(task)
         picks = _worst(task, sub, outputs, vocab)
         thumbs, caps = [], []

@@ -128,5 +128,5 @@ def run_demo(out: str | Path = "reports/demo", *, trials: int = 6, log=None) -> 
 
 
 def _mean_balanced(m: dict) -> float:
-    vals = [t["balanced_accuracy"] for t in m["tasks"].values() if t.get("n")]
+    vals = [t["balanced_accuracy"] for t in m["tasks"].values() if "balanced_accuracy" in t]
     return sum(vals) / len(vals) if vals else 0.0

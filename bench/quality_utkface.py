@@ -1,0 +1,80 @@
+"""Head quality on real dlib embeddings of UTKFace (issue 4 acceptance numbers).
+
+Usage: python bench/quality_utkface.py STORE [--heads mlp,svm,logreg,knn] [--json OUT]
+
+STORE is made with:
+    faceprobe embed utkface --root ../shared/data/utkface --out STORE --backbone dlib.resnet \
+        --no-face whole_image
+Every head is trained on the same seeded split (tasks gender, race, age) and measured on its test
+rows: gender accuracy overall and on adults (age >= 18), race accuracy and balanced accuracy,
+age MAE. Also the race balanced accuracy of each head trained without class weights, to show
+what inverse-frequency weighting buys.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from sklearn import metrics as skm
+
+from faceprobe.embed.store import Store
+from faceprobe.heads.bundle import load_bundle
+from faceprobe.heads.train import train_store
+
+TASKS = ["gender", "race", "age"]
+
+
+def measure(store: Store, head: str, weighting: str, tmp: Path) -> dict:
+    t0 = time.perf_counter()
+    res = train_store(store, TASKS, head, out=tmp / f"{head}-{weighting}",
+                      class_weighting=weighting, overwrite=True)
+    seconds = time.perf_counter() - t0
+    bundle = load_bundle(res.bundle)
+    data = store.load(features=list(bundle.features), tasks=TASKS)
+    test = data.subset(res.split.test)
+    out = bundle.predict_outputs(test.X)
+    g, r, a = test.y["gender"], test.y["race"], test.y["age"]
+    gp, rp = out["gender"].argmax(1), out["race"].argmax(1)
+    adult = (g >= 0) & (a >= 18)
+    kg, kr, ka = g >= 0, r >= 0, np.isfinite(a)
+    return {
+        "head": head, "class_weighting": weighting, "train_seconds": round(seconds, 1),
+        "test_rows": int(len(test)),
+        "gender_acc": skm.accuracy_score(g[kg], gp[kg]),
+        "gender_acc_adults": skm.accuracy_score(g[adult], gp[adult]),
+        "gender_acc_under10": skm.accuracy_score(g[kg & (a < 10)], gp[kg & (a < 10)]),
+        "race_acc": skm.accuracy_score(r[kr], rp[kr]),
+        "race_balanced_acc": skm.balanced_accuracy_score(r[kr], rp[kr]),
+        "age_mae": skm.mean_absolute_error(a[ka], out["age"][ka]),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("store")
+    ap.add_argument("--heads", default="mlp,svm,logreg,knn")
+    ap.add_argument("--no-unweighted", action="store_true", help="skip the unweighted runs")
+    ap.add_argument("--json", help="write the results here")
+    args = ap.parse_args()
+    store = Store(args.store)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for head in args.heads.split(","):
+            for w in ("inverse",) if args.no_unweighted else ("inverse", "none"):
+                rows.append(measure(store, head, w, Path(tmp)))
+                r = rows[-1]
+                print(f"{head:7s} {w:8s} gender {r['gender_acc']:.4f} (adults "
+                      f"{r['gender_acc_adults']:.4f}, <10 {r['gender_acc_under10']:.3f})  race "
+                      f"{r['race_acc']:.4f} (balanced {r['race_balanced_acc']:.4f})  age MAE "
+                      f"{r['age_mae']:.2f}  [{r['train_seconds']}s]", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -34,8 +34,9 @@ def register(subparsers) -> None:
     p.add_argument("--limit", type=int, default=None, help="embed only the first N records")
     p.add_argument("--shard-size", type=int, default=1000,
                    help="records per shard: the unit of resume (default 1000)")
-    p.add_argument("--multi-face", default="largest", choices=("largest", "central", "all"),
-                   help="several faces: keep the largest, the most central, or all (one row each)")
+    p.add_argument("--multi-face", default="central", choices=("largest", "central", "all"),
+                   help="several faces: the most central of the large ones (default; every "
+                        "supported dataset centres its subject), the largest, or all (one row each)")
     p.add_argument("--no-face", default="skip", choices=("skip", "whole_image"),
                    help="no face found: a no_face row, or embed the whole (pre-cropped) image")
     p.add_argument("--min-face-size", type=float, default=None,
@@ -45,8 +46,13 @@ def register(subparsers) -> None:
                    help="dataset: align with the dataset's own 5 points where a record has them, "
                         "skipping detection")
     p.add_argument("--features", default="embedding",
-                   help="comma-separated feature groups to store: embedding[,pooled] "
-                        "(pooled: FaceNet's 1792-d layer)")
+                   help="comma-separated feature groups to store: embedding, pooled (FaceNet's "
+                        "1792-d layer), geometry68 (dlib's 68 landmarks, normalised), geometry5 "
+                        "(the 5 detected points, normalised), hog (of the aligned face); "
+                        "default: embedding")
+    p.add_argument("--add-features", default=None, metavar="NAMES",
+                   help="add these groups (geometry68, geometry5, hog) to the complete store at "
+                        "--out without recomputing the others; resumable")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing store instead of resuming it")
     p.add_argument("--repair", action="store_true",
@@ -83,8 +89,19 @@ def run_embed(args: argparse.Namespace) -> int:
     from faceprobe.embed.distributed import run_embed as run_engine
     from faceprobe.embed.pipeline import format_summary
 
-    reader = get_reader(args.dataset, args.root, strict=args.strict)
+    if args.add_features is not None:
+        return _run_add_features(args)
     features = tuple(f.strip() for f in args.features.split(",") if f.strip())
+    if getattr(args, "engine", "local") == "ray":
+        from faceprobe.embed.features import EXTRA_GROUPS
+        from faceprobe.errors import ConfigError
+
+        extra = [g for g in features if g in EXTRA_GROUPS]
+        if extra:
+            raise ConfigError(f"--engine ray computes the backbone's groups only, not "
+                              f"{', '.join(extra)}; embed with --engine local, or add them "
+                              f"afterwards with --add-features {','.join(extra)}")
+    reader = get_reader(args.dataset, args.root, strict=args.strict)
     summary = run_engine(
         args, reader.records(), out=args.out, backbone=args.backbone, weights=args.weights,
         shard_size=args.shard_size, batch_size=args.batch_size, device=args.device,
@@ -99,6 +116,21 @@ def run_embed(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=1))
     else:
         print(format_summary(summary))
+    return 0
+
+
+def _run_add_features(args: argparse.Namespace) -> int:
+    from faceprobe.embed.pipeline import add_features
+
+    groups = [g.strip() for g in args.add_features.split(",") if g.strip()]
+    s = add_features(args.out, groups, backbone=args.backbone, workers=args.workers,
+                     show_progress=not args.no_progress)
+    if args.json:
+        print(json.dumps(s, indent=1))
+    else:
+        added = ", ".join(s["added"]) or "nothing (the store has them all)"
+        print(f"added {added}: shards written {s['shards_written']}, skipped "
+              f"{s['shards_skipped']}, {s['rows']} rows in {s['seconds']:.1f}s; store {s['store']}")
     return 0
 
 

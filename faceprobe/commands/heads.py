@@ -26,7 +26,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, metavar="MODEL",
                    help="model bundle directory to write")
     p.add_argument("--features", default=None,
-                   help="comma-separated feature groups to use (default: embedding)")
+                   help="comma-separated feature groups to use, e.g. embedding,geometry68,hog "
+                        "(default: every group in the store; each is standardised on its own)")
     p.add_argument("--class-weighting", choices=("inverse", "none"), default="inverse",
                    help="inverse-frequency class weights in the loss (default) or none")
     p.add_argument("--seed", type=int, default=0, help="seed for the split and the model")
@@ -107,11 +108,15 @@ def cmd_train(args) -> int:
 
 
 def cmd_tune(args) -> int:
+    from faceprobe.embed.store import Store
     from faceprobe.heads.evaluate import format_metrics
+    from faceprobe.heads.train import resolve_features
     from faceprobe.heads.tune import tune_store
 
+    # default: every group in the store (resolved here: the tuner fingerprints the groups)
+    features = resolve_features(Store(args.store), _features(args.features))
     res = tune_store(args.store, args.tasks, head=args.head, tuner=args.tuner, trials=args.trials,
-                     directory=args.dir, out=args.out, features=_features(args.features),
+                     directory=args.dir, out=args.out, features=features,
                      class_weighting=args.class_weighting, seed=args.seed,
                      max_epochs=args.max_epochs, overwrite=args.overwrite, log=_log,
                      role=args.role, oracle=args.oracle)

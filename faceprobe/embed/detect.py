@@ -212,7 +212,7 @@ class FaceDetector:
     """MTCNN plus the face policy. ``locate(images)`` -> one :class:`FaceResult` per image."""
 
     def __init__(self, device: str | torch.device = "cpu", min_face_size: float | None = None,
-                 thresholds: Sequence[float] = DEFAULT_THRESHOLDS, multi_face: str = "largest",
+                 thresholds: Sequence[float] = DEFAULT_THRESHOLDS, multi_face: str = "central",
                  no_face: str = "skip", factor: float = 0.709):
         from faceprobe.errors import ConfigError
 

@@ -249,7 +249,7 @@ def embed_dataset_ray(records: Iterable[FaceRecord], out: str | os.PathLike, bac
                       num_cpus: int | None = None, max_retries: int = 2, weights=None,
                       shard_size: int = 1000, batch_size: int = 64, device: str = "auto",
                       precision: str = "fp32", workers: int | None = None,
-                      limit: int | None = None, multi_face: str = "largest",
+                      limit: int | None = None, multi_face: str = "central",
                       no_face: str = "skip", min_face_size: float | None = None,
                       landmarks: str = "detect", features: Sequence[str] = ("embedding",),
                       resume: bool = True, overwrite: bool = False, show_progress: bool = True,

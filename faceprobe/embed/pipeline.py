@@ -31,6 +31,7 @@ import torch
 
 from faceprobe.data.records import FaceRecord
 from faceprobe.data.vocab import DEFAULT_VOCABULARIES
+from faceprobe.embed import features as extra_features
 from faceprobe.embed.align import align_face
 from faceprobe.embed.backbones import Backbone, BackboneConfig, create_backbone
 from faceprobe.embed.backbones.base import resolve_device
@@ -47,12 +48,13 @@ class PrepareConfig:
     """Everything a worker needs to turn records into chips (picklable, small)."""
 
     backbone: BackboneConfig
-    multi_face: str = "largest"
+    multi_face: str = "central"
     no_face: str = "skip"
     min_face_size: float | None = None
     landmarks: str = "detect"
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     detector_device: str = "cpu"
+    extra_features: tuple = ()  # groups of faceprobe.embed.features computed next to alignment
 
     def describe(self) -> str:
         b = self.backbone
@@ -150,8 +152,23 @@ def detect_align(decoded: list[tuple[dict, object]], cfg: PrepareConfig,
                 r["chip"] = align_face(img, cfg.backbone, face.landmarks, face.box)
             except Exception as exc:  # noqa: BLE001
                 r["status"], r["error"] = "error", f"{row['path']}: alignment failed: {_one_line(exc)}"
+            else:
+                if cfg.extra_features:
+                    _add_extra(r, img, cfg, face)
             rows.append(r)
     return rows
+
+
+def _add_extra(r: dict, img, cfg: PrepareConfig, face) -> None:
+    """The extra feature groups of one aligned face, in ``r["extra"]`` (failing the row if they
+    cannot be computed: a store never holds a usable row with a group missing)."""
+    try:
+        r["extra"] = extra_features.compute(
+            cfg.extra_features, img, r, cfg.backbone, chip=r["chip"], used_box=face.box,
+            used_landmarks=face.landmarks)
+    except Exception as exc:  # noqa: BLE001
+        r["status"], r["error"] = "error", f"{r['path']}: features failed: {_one_line(exc)}"
+        r["chip"] = None
 
 
 def prepare_records(records: Sequence[FaceRecord], cfg: PrepareConfig, detect: bool = True):
@@ -216,17 +233,31 @@ def _check_options(multi_face, no_face, landmarks, features, backbone: Backbone)
         raise ConfigError(f"no_face={no_face!r}; choose one of {', '.join(NO_FACE_POLICIES)}")
     if landmarks not in LANDMARK_MODES:
         raise ConfigError(f"landmarks={landmarks!r}; choose one of {', '.join(LANDMARK_MODES)}")
-    groups = tuple(features)
+    groups = tuple(dict.fromkeys(features))
     if "embedding" not in groups:
         groups = ("embedding", *groups)
-    return backbone.check_groups(groups)
+    own, extra = extra_features.split_groups(groups, tuple(backbone.config.feature_dims))
+    backbone.check_groups(own)
+    extra_features.check_available(extra)
+    return groups
+
+
+def _group_dims(backbone: Backbone, groups) -> dict[str, int]:
+    return {g: int(extra_features.EXTRA_DIMS[g] if g in extra_features.EXTRA_DIMS
+                   else backbone.config.feature_dims[g]) for g in groups}
+
+
+def _extra_groups(groups) -> tuple[str, ...]:
+    return tuple(g for g in groups if g in extra_features.EXTRA_DIMS)
 
 
 class _Embedder:
     """Collects chips of one shard and embeds them in fixed batches from the shard's start."""
 
     def __init__(self, backbone: Backbone, groups, batch_size: int):
-        self.backbone, self.groups, self.batch_size = backbone, groups, batch_size
+        self.backbone, self.groups, self.batch_size = backbone, tuple(groups), batch_size
+        # the extra groups arrive computed in each row's "extra" (see detect_align)
+        self.own = tuple(g for g in self.groups if g not in extra_features.EXTRA_DIMS)
         self.pending: list[dict] = []
 
     def add(self, rows: list[dict]) -> None:
@@ -242,7 +273,7 @@ class _Embedder:
 
     def _run(self, rows: list[dict]) -> None:
         try:
-            feats = self.backbone.features(np.stack([r["chip"] for r in rows]), self.groups,
+            feats = self.backbone.features(np.stack([r["chip"] for r in rows]), self.own,
                                            batch_size=len(rows))
         except Exception as exc:  # noqa: BLE001 - a failing batch fails its rows, not the run
             for r in rows:
@@ -250,13 +281,21 @@ class _Embedder:
                 r["chip"] = None
             return
         for i, r in enumerate(rows):
-            r["features"] = {g: feats[g][i] for g in self.groups}
+            extra = r.pop("extra", None) or {}
+            missing = [g for g in self.groups if g not in self.own and g not in extra]
+            if missing:
+                r["status"] = "error"
+                r["error"] = (f"{r['path']}: feature group(s) {', '.join(missing)} were not "
+                              "computed (this engine does not compute them)")
+            r["features"] = {g: feats[g][i] if g in self.own else extra.get(g)
+                             for g in self.groups}
             r["chip"] = None
 
 
 def _finish(rows: list[dict]) -> list[dict]:
     for r in rows:
         r.pop("chip", None)
+        r.pop("extra", None)
         if r["status"] not in ("ok", "multi_face_chosen", "no_face_fallback", "dataset_landmarks"):
             r["features"] = None
     return rows
@@ -285,7 +324,7 @@ def _check_labels(records: Sequence[FaceRecord], vocab: dict) -> None:
 def embed_dataset(records: Iterable[FaceRecord], out: str | os.PathLike, backbone: str | Backbone,
                   *, weights=None, shard_size: int = 1000, batch_size: int = 64,
                   device: str = "auto", precision: str = "fp32", workers: int | None = None,
-                  limit: int | None = None, multi_face: str = "largest", no_face: str = "skip",
+                  limit: int | None = None, multi_face: str = "central", no_face: str = "skip",
                   min_face_size: float | None = None, landmarks: str = "detect",
                   features: Sequence[str] = ("embedding",), resume: bool = True,
                   overwrite: bool = False, show_progress: bool = True,
@@ -309,7 +348,7 @@ def embed_dataset(records: Iterable[FaceRecord], out: str | os.PathLike, backbon
     dev = resolve_device(device if not isinstance(backbone, Backbone) else bb.device)
     detect_in_workers = dev.type == "cpu"
     cfg = PrepareConfig(bb.config, multi_face, no_face, min_face_size, landmarks, max_pixels,
-                        "cpu" if detect_in_workers else str(dev))
+                        "cpu" if detect_in_workers else str(dev), _extra_groups(groups))
     if vocabularies is None:
         tasks = {t for r in records for t in r.labels}
         vocabularies = {t: v for t, v in DEFAULT_VOCABULARIES.items() if t in tasks}
@@ -319,13 +358,15 @@ def embed_dataset(records: Iterable[FaceRecord], out: str | os.PathLike, backbon
     meta = {
         "backbone": bb.name, "weights_sha256": bb.weights_sha256, "alignment": cfg.describe(),
         "precision": bb.precision, "dtype": "float32",
-        "features": {g: int(bb.config.feature_dims[g]) for g in groups},
+        "features": _group_dims(bb, groups),
         "vocabularies": vocab, "shard_size": int(shard_size),
         "dataset": dataset or (records[0].dataset if records else None), "root": root,
         "records_sha256": records_fingerprint(r.path for r in records),
         "num_records": len(records), "num_shards": n_shards,
         "backbone_config": bb.config.as_dict(),
     }
+    if cfg.extra_features:  # only then, so an embedding-only manifest stays as it was
+        meta["feature_provenance"] = extra_features.provenance(cfg.extra_features)
     t0 = time.perf_counter()
     status: Counter = Counter()
     with StoreWriter.open(out, meta, overwrite=overwrite, resume=resume) as writer:
@@ -375,14 +416,15 @@ def embed_dataset(records: Iterable[FaceRecord], out: str | os.PathLike, backbon
 
 def embed_images(paths: Iterable[str | os.PathLike], backbone: str | Backbone, *, weights=None,
                  batch_size: int = 64, device: str = "auto", precision: str = "fp32",
-                 multi_face: str = "largest", no_face: str = "skip",
+                 multi_face: str = "central", no_face: str = "skip",
                  min_face_size: float | None = None, features: Sequence[str] = ("embedding",),
                  workers: int = 0, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> list[dict]:
     """Rows (as for the store, ``features`` as arrays) for raw image files, without a store."""
     records = [FaceRecord(path=str(Path(p)), dataset="images") for p in paths]
     bb = _make_backbone(backbone, weights, device, precision)
     groups = _check_options(multi_face, no_face, "detect", features, bb)
-    cfg = PrepareConfig(bb.config, multi_face, no_face, min_face_size, "detect", max_pixels, "cpu")
+    cfg = PrepareConfig(bb.config, multi_face, no_face, min_face_size, "detect", max_pixels, "cpu",
+                        _extra_groups(groups))
     chunks = [(0, records[k:k + CHUNK]) for k in range(0, len(records), CHUNK)]
     embedder = _Embedder(bb, groups, batch_size)
     rows: list[dict] = []
@@ -404,3 +446,153 @@ def format_summary(summary: dict) -> str:
                if summary.get("repaired") else "")
             + f"; store {summary['store']}")
 
+
+
+# --- adding feature groups to an existing store ---------------------------------------------
+
+class _ExtraChunks(torch.utils.data.Dataset):
+    """(shard, rows) chunks whose extra groups a worker computes from the stored box/points."""
+
+    def __init__(self, chunks, groups, config: BackboneConfig, max_pixels):
+        self.chunks, self.groups, self.config, self.max_pixels = chunks, groups, config, max_pixels
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __getitem__(self, i):
+        shard, rows = self.chunks[i]
+        out, cache = [], (None, None)
+        for r in rows:
+            if r["status"] not in USABLE:
+                out.append({})
+                continue
+            if cache[0] != r["path"]:  # faces of one image are consecutive rows
+                try:
+                    cache = (r["path"], load_image(r["path"], self.max_pixels))
+                except Exception as exc:  # noqa: BLE001
+                    return shard, len(rows), (
+                        f"{r['path']} (shard {shard}) cannot be read again ({_one_line(exc)}); "
+                        "--add-features needs the images where they were embedded from")
+            try:
+                out.append(extra_features.compute(self.groups, cache[1], r, self.config))
+            except Exception as exc:  # noqa: BLE001
+                return shard, len(rows), f"{r['path']} (shard {shard}): {_one_line(exc)}"
+        return shard, len(rows), out
+
+
+_LIGHT = ("path", "status", "box", "landmarks_detected", "landmarks_dataset")
+USABLE = ("ok", "multi_face_chosen", "no_face_fallback", "dataset_landmarks")
+
+
+def _shard_has(path: Path, index: int, groups) -> bool:
+    """True when shard ``index`` holds every group and its stats match the file (a kill between
+    the two renames of a rewrite leaves them apart: the shard is then rewritten)."""
+    import json
+
+    import h5py
+
+    from faceprobe.embed.store import file_sha256, shard_name, stats_name
+    try:
+        with h5py.File(path / shard_name(index), "r") as f:
+            if not all(f"features/{g}" in f for g in groups):
+                return False
+        stats = json.loads((path / stats_name(index)).read_text())
+        return stats.get("sha256") == file_sha256(path / shard_name(index))
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def add_features(out: str | os.PathLike, groups: Sequence[str], *, backbone: str | None = None,
+                 workers: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                 show_progress: bool = True) -> dict:
+    """Add the extra feature ``groups`` to the complete store at ``out`` without recomputing the
+    others: every shard is read back, the groups computed from its stored paths, boxes and
+    points, and the shard rewritten atomically with its existing columns unchanged. Resumable:
+    a shard that already holds the groups is skipped; the manifest lists them once all do."""
+    from faceprobe.embed.store import Store, StoreWriter, read_shard_rows
+
+    out = Path(out)
+    store = Store(out)
+    groups = tuple(dict.fromkeys(g for g in groups if g))
+    if not groups:
+        raise ConfigError("--add-features needs at least one group, e.g. geometry68,hog")
+    own = [g for g in groups if g not in extra_features.EXTRA_DIMS]
+    if own:
+        raise ConfigError(
+            f"--add-features computes {', '.join(extra_features.EXTRA_GROUPS)}; "
+            f"{', '.join(own)} come from the backbone: re-embed with --features "
+            f"{','.join([*store.feature_dims, *own])} --overwrite")
+    if backbone is not None and backbone != store.meta["backbone"]:
+        raise ConfigError(f"store {out} was embedded with {store.meta['backbone']}, not "
+                          f"{backbone}; pass --backbone {store.meta['backbone']}")
+    info = store.info()
+    if not info["complete"]:
+        raise StoreError(f"store {out} is incomplete ({info['shards']}/{info['shards_expected']} "
+                         "shards); finish the embed run (re-run it) before --add-features")
+    todo_groups = tuple(g for g in groups if g not in store.feature_dims)
+    t0 = time.perf_counter()
+    summary = {"store": str(out), "backbone": store.meta["backbone"], "added": list(todo_groups),
+               "shards_written": 0, "shards_skipped": 0, "rows": 0, "seconds": 0.0}
+    if not todo_groups:
+        summary["shards_skipped"] = len(store.shards())
+        return summary
+    extra_features.check_available(todo_groups)
+    bc = dict(store.meta["backbone_config"])
+    if bc.get("template") is not None:
+        bc["template"] = tuple(tuple(p) for p in bc["template"])
+    config = BackboneConfig(**bc)
+    old_meta = {k: v for k, v in store.meta.items() if k not in ("format", "format_version")}
+    new_dims = {**store.feature_dims, **{g: extra_features.EXTRA_DIMS[g] for g in todo_groups}}
+    prov = {**store.meta.get("feature_provenance", {}), **extra_features.provenance(todo_groups)}
+    workers = default_workers() if workers is None else max(0, int(workers))
+    with StoreWriter.open(out, old_meta, resume=True) as writer:
+        # shards are written with the new groups; the manifest on disk lists them at the end
+        writer.meta["features"] = new_dims
+        shards = store.shards()
+        pending = [i for i in shards if not _shard_has(out, i, todo_groups)]
+        summary["shards_skipped"] = len(shards) - len(pending)
+        chunks = []
+        remaining = {}
+        for i in pending:
+            # only what the workers need travels; the full rows are read again at write time
+            light = [{k: r[k] for k in _LIGHT} for r in read_shard_rows(out, i, old_meta)]
+            remaining[i] = len(light)
+            chunks += [(i, light[k:k + CHUNK]) for k in range(0, len(light), CHUNK)]
+            if not light:  # an empty shard
+                writer.write_shard(i, [])
+        computed: dict[int, list[dict]] = {i: [] for i in pending}
+        bar = None
+        if show_progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=sum(remaining.values()), unit="row",
+                       desc=f"add {','.join(todo_groups)}", dynamic_ncols=True)
+        ds = _ExtraChunks(chunks, todo_groups, config, max_pixels)
+        if workers <= 0:
+            results = (ds[k] for k in range(len(ds)))
+        else:
+            results = torch.utils.data.DataLoader(
+                ds, batch_size=None, shuffle=False, num_workers=workers, prefetch_factor=4,
+                worker_init_fn=_worker_init, collate_fn=lambda x: x, persistent_workers=False)
+        try:
+            for shard, n, feats in results:
+                if isinstance(feats, str):
+                    raise StoreError(feats + f"; the {summary['shards_written']} shards already "
+                                     "rewritten are kept, run again to resume")
+                computed[shard].extend(feats)
+                remaining[shard] -= n
+                if bar is not None:
+                    bar.update(n)
+                if remaining[shard] == 0:
+                    rows = read_shard_rows(out, shard, old_meta)
+                    for r, f in zip(rows, computed.pop(shard), strict=True):
+                        r["features"] = None if r["status"] not in USABLE else \
+                            {**r["features"], **f}
+                    writer.write_shard(shard, rows)
+                    summary["shards_written"] += 1
+                    summary["rows"] += len(rows)
+        finally:
+            if bar is not None:
+                bar.close()
+        writer.update_meta(features=new_dims, feature_provenance=prov)
+    summary["seconds"] = round(time.perf_counter() - t0, 3)
+    return summary

@@ -333,6 +333,41 @@ def encode_rows(rows: Sequence[dict], meta: dict) -> dict[str, np.ndarray]:
     return cols
 
 
+def read_shard_rows(path: Path, index: int, meta: dict) -> list[dict]:
+    """Shard ``index`` back as the row dicts ``write_shard`` takes (the inverse of
+    ``encode_rows``: writing them again gives the same columns, bit for bit). Features are
+    those of ``meta["features"]`` the file holds, raw (NaN rows included)."""
+    p = Path(path) / shard_name(index)
+    with h5py.File(p, "r") as f:
+        n = int(f.attrs["rows"])
+
+        def strs(name):
+            return list(f[name].asstr()[...]) if n else []
+        cols = {name: strs(name) for name in _STR_COLUMNS}
+        face = f["face"][...]
+        feats = {g: f[f"features/{g}"][...] for g in meta["features"] if f"features/{g}" in f}
+        labels = {t: f[f"labels/{t}"][...] for t in meta["vocabularies"]}
+        box, score = f["box"][...], f["score"][...]
+        lm_det, lm_ds = f["landmarks_detected"][...], f["landmarks_dataset"][...]
+    rows = []
+    for i in range(n):
+        lab: dict[str, Any] = {}
+        for t, vocab in meta["vocabularies"].items():
+            v = labels[t][i]
+            if vocab is None:
+                if not np.isnan(v):
+                    lab[t] = float(v)
+            elif v >= 0:
+                lab[t] = vocab[int(v)]
+        rows.append({
+            **{name: cols[name][i] for name in _STR_COLUMNS}, "face": int(face[i]),
+            "labels": lab, "features": {g: a[i] for g, a in feats.items()},
+            "box": box[i], "score": None if np.isnan(score[i]) else float(score[i]),
+            "landmarks_detected": lm_det[i], "landmarks_dataset": lm_ds[i],
+        })
+    return rows
+
+
 def _text(value: Any) -> str:
     if value is None:
         return ""

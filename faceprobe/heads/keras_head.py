@@ -66,6 +66,13 @@ def _layer_name(prefix: str, task: str) -> str:
     return f"{prefix}_{re.sub(r'[^0-9A-Za-z_]', '_', task)}"
 
 
+# The age regression loss (Huber on standardised years) is small beside the cross-entropies, so
+# early stopping on their sum stops before age has converged. Weighting it 4x (measured on dlib
+# UTKFace embeddings, gender/race/age heads): age MAE 8.7 -> 7.6 years, gender and race unchanged
+# or better. Explicit loss_weights override it.
+DEFAULT_LOSS_WEIGHTS = {AGE: 4.0}
+
+
 class KerasHead:
     """Multi-task MLP over stored features, shaped as a scikit-learn estimator."""
 
@@ -192,7 +199,8 @@ class KerasHead:
             if self.age_mode == "expected":
                 self.age_bin_means_ = _bin_means(ds.y)
 
-        lw = {t: float((self.loss_weights or {}).get(t, 1.0)) for t in self.outputs_}
+        lw = {t: float((self.loss_weights or {}).get(t, DEFAULT_LOSS_WEIGHTS.get(t, 1.0)))
+              for t in self.outputs_}
         start = time.perf_counter()
         with torch_threads(1):
             net, self.history_, self.best_epoch_ = _train_torch(self, ds, val, targets,

@@ -49,12 +49,19 @@ def parse_tasks(tasks: str | Sequence[str] | None, store: Store) -> list[str]:
     return list(dict.fromkeys(wanted))
 
 
+def resolve_features(store: Store, features: str | Sequence[str] | None) -> list[str]:
+    """The feature groups a head uses: those named, else every group in the store (each is
+    standardised on its own: a scaler per group in the Keras head, per column in the others)."""
+    if isinstance(features, str):
+        features = [f.strip() for f in features.split(",") if f.strip()]
+    return list(dict.fromkeys(features)) if features else list(store.feature_dims)
+
+
 def load_rows(store: Store, tasks: Sequence[str], features: Sequence[str] | None) -> StoreData:
     stored = [t for t in tasks if t in store.vocabularies]
     if AGE_GROUP in tasks and AGE_GROUP not in store.vocabularies and AGE not in stored:
         stored.append(AGE)
-    groups = list(features) if features else ["embedding"]
-    return store.load(features=groups, tasks=stored)
+    return store.load(features=resolve_features(store, features), tasks=stored)
 
 
 def fit_on_split(head: Any, data: StoreData, split: Split, vocabularies: Mapping) -> dict:
@@ -78,11 +85,12 @@ def train_store(store: Store | str | os.PathLike, tasks: str | Sequence[str] | N
         check_out(out, overwrite)
     store = store if isinstance(store, Store) else Store(store)
     tasks = parse_tasks(tasks, store)
+    features = resolve_features(store, features)
     data = load_rows(store, tasks, features)
     split = make_split(data, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction)
     if log:
         log(f"{len(data)} usable rows; {split.description['text']}")
-    kw = {"tasks": tasks, "features": list(features) if features else None,
+    kw = {"tasks": tasks, "features": features,
           "class_weighting": class_weighting, "seed": seed, **dict(params or {})}
     if head == "mlp" and log:
         kw.setdefault("verbose", 0)

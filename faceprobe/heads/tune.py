@@ -57,7 +57,7 @@ from faceprobe.heads.bundle import check_out, save_bundle, store_provenance
 from faceprobe.heads.common import present, task_labels
 from faceprobe.heads.evaluate import compute_metrics
 from faceprobe.heads.splits import make_split
-from faceprobe.heads.train import fit_on_split, load_rows, parse_tasks
+from faceprobe.heads.train import fit_on_split, load_rows, parse_tasks, resolve_features
 
 TUNERS = ("random", "hyperband", "bayes")
 TUNABLE_HEADS = ("mlp", "svm", "logreg", "linsvm", "knn", "hgb", "ridge")
@@ -429,7 +429,7 @@ def tune_store(store: Store | str | os.PathLike, tasks: str | Sequence[str] | No
     if not len(split.val):
         raise ConfigError("tuning needs validation rows; the split left none")
     log(f"{len(data)} usable rows; {split.description['text']}")
-    groups = list(features) if features else ["embedding"]
+    groups = resolve_features(store, features)
     dim = sum(store.feature_dims[g] for g in groups)
     space = search_space(head, tasks, max_epochs)
     prov = store_provenance(store)

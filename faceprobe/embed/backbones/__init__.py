@@ -54,7 +54,7 @@ _REGISTRY: dict[str, tuple[Callable[..., Backbone], BackboneInfo]] = {
         "from the model", None, "similarity", False)),
     "dlib.resnet": (_dlib, BackboneInfo(
         "dlib.resnet", "dlib's ResNet face descriptor, 128-d, offline (face_recognition_models)",
-        128, "similarity", True)),
+        128, "dlib5", True)),
 }
 
 

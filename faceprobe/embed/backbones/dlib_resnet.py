@@ -1,9 +1,10 @@
 """dlib's ResNet face descriptor (128-d), offline via the face_recognition_models package.
 
 Decisions:
-- Chips are 150x150 warped onto ``DLIB_150_TEMPLATE``: where MTCNN's 5 points land in the chip
-  dlib's own pipeline cuts (see faceprobe.embed.align), so one detector serves every backbone and
-  the embeddings agree with dlib's own (mean cosine 0.994 on LFW).
+- Chips are cut the way dlib's own pipeline cuts them (alignment ``dlib5``: dlib's 5-point
+  predictor on the MTCNN box, ``get_face_chip`` 150x150, padding 0.25), so MTCNN serves every
+  backbone while dlib sees the chips it was trained on (see faceprobe.embed.align for the
+  measurement against warping MTCNN's points onto a template).
 - A batch of chips goes to ``compute_face_descriptor`` in one call. The descriptors are
   L2-normalised (dlib's own are not; its 0.6 euclidean threshold then has no meaning, use cosine).
 - dlib runs in fp32 only; the model file is found without importing face_recognition_models
@@ -42,7 +43,7 @@ def _package_models_dir() -> list[Path]:
 
 DLIB_CONFIG = BackboneConfig(
     name="dlib.resnet", input_size=150, mean=0.0, std=1.0, embedding_dim=128,
-    alignment="similarity", template=tuple(map(tuple, DLIB_150_TEMPLATE.tolist())), margin=0.0,
+    alignment="dlib5", template=tuple(map(tuple, DLIB_150_TEMPLATE.tolist())), margin=0.0,
     feature_dims={"embedding": 128},
 )
 

@@ -1,6 +1,7 @@
 """``faceprobe demo``: the whole pipeline on the bundled sample, offline, into one HTML report.
 
-Steps: read the 300 bundled MTFL faces -> embed with the best backbone available offline (dlib;
+Steps: read the 300 bundled MTFL faces -> embed (plus landmark-geometry and HOG feature groups)
+with the best backbone available offline (dlib;
 FaceNet with random weights only when dlib is missing, and the report says so) -> train the Keras
 multi-output head and two scikit-learn baselines -> a short KerasTuner search -> evaluate each on
 the held-out split -> MTCNN landmark error against MTFL's points -> ``OUT/index.html``.
@@ -18,6 +19,8 @@ from pathlib import Path
 SAMPLE = Path(__file__).resolve().parent.parent / "sample" / "mtfl"
 TASKS = ("gender", "smiling", "eyeglasses", "pose")
 HEADS = ("mlp", "logreg", "svm")
+# identity embeddings ignore expression; landmark geometry and HOG carry smiling and pose
+FEATURES = ("embedding", "geometry68", "hog")
 
 
 def sample_dir() -> Path:
@@ -63,7 +66,8 @@ def run_demo(out: str | Path = "reports/demo", *, trials: int = 6, log=None) -> 
     reader = get_reader("mtfl", SAMPLE)
     store_dir = out / "store"
     summary = embed_dataset(reader.records(), store_dir, backbone, weights=weights,
-                            shard_size=100, vocabularies=reader.vocabularies(), dataset="mtfl",
+                            shard_size=100, features=FEATURES,
+                            vocabularies=reader.vocabularies(), dataset="mtfl",
                             root=str(SAMPLE), show_progress=True)
     store = Store(store_dir)
     timings["embed"] = time.perf_counter() - t0

@@ -42,6 +42,9 @@ def register(subparsers) -> None:
     p.add_argument("--min-face-size", type=float, default=None,
                    help="smallest face in pixels (default: a fifth of the image's short side, "
                         "retried at 20 px when nothing is found)")
+    p.add_argument("--align", choices=("similarity", "crop", "dlib5"), default=None,
+                   help="alignment override (default: the backbone's: crop for FaceNet, "
+                        "similarity for ArcFace, dlib5 for dlib); see README for measurements")
     p.add_argument("--landmarks", default="detect", choices=("detect", "dataset"),
                    help="dataset: align with the dataset's own 5 points where a record has them, "
                         "skipping detection")
@@ -110,6 +113,7 @@ def run_embed(args: argparse.Namespace) -> int:
         landmarks=args.landmarks, features=features, overwrite=args.overwrite,
         show_progress=not args.no_progress, vocabularies=reader.vocabularies(),
         dataset=reader.name, root=str(Path(args.root).resolve()), repair=args.repair,
+        **({"align": args.align} if args.align else {}),
     )
     _report_problems(reader.problems)
     if args.json:

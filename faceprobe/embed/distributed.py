@@ -441,6 +441,9 @@ def run_embed(args: argparse.Namespace, records: Iterable[FaceRecord], **kwargs)
         return embed_dataset(records, **kwargs)
     if engine != "ray":
         raise ConfigError(f"--engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    if kwargs.get("align"):
+        raise ConfigError("--align is not supported with --engine ray yet; use the backbone's "
+                          "default alignment or the local engine")
     return embed_dataset_ray(records, address=getattr(args, "address", None),
                              actors=getattr(args, "actors", None),
                              gpus_per_actor=getattr(args, "gpus_per_actor", 0.0) or 0.0,

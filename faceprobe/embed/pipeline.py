@@ -18,6 +18,7 @@ Decisions:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -63,6 +64,25 @@ class PrepareConfig:
         ms = "auto" if self.min_face_size is None else f"{self.min_face_size:g}"
         return (f"{how}; landmarks={self.landmarks} multi_face={self.multi_face} "
                 f"no_face={self.no_face} min_face_size={ms}")
+
+
+ALIGNMENTS = ("similarity", "crop", "dlib5")
+
+
+def with_alignment(config: BackboneConfig, align: str) -> BackboneConfig:
+    """``config`` with another alignment. dlib5 needs dlib's chip geometry (dlib.resnet only);
+    similarity needs a template (FaceNet's is ArcFace's, scaled to 160 px with a margin)."""
+    if align not in ALIGNMENTS:
+        raise ConfigError(f"--align {align!r}; choose one of {', '.join(ALIGNMENTS)}")
+    if align == "dlib5" and config.name != "dlib.resnet":
+        raise ConfigError("--align dlib5 cuts dlib's own 150x150 chip; it is for dlib.resnet only")
+    template = config.template
+    if align == "similarity" and template is None:
+        from faceprobe.embed.align import ARCFACE_TEMPLATE, scaled_template
+
+        template = tuple(map(tuple, scaled_template(ARCFACE_TEMPLATE, 112, config.input_size,
+                                                    0.1).tolist()))
+    return dataclasses.replace(config, alignment=align, template=template)
 
 
 _DETECTORS: dict[tuple, FaceDetector] = {}
@@ -330,11 +350,12 @@ def embed_dataset(records: Iterable[FaceRecord], out: str | os.PathLike, backbon
                   overwrite: bool = False, show_progress: bool = True,
                   vocabularies: dict | None = None, dataset: str | None = None,
                   root: str | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-                  repair: bool = False) -> dict:
+                  repair: bool = False, align: str | None = None) -> dict:
     """Embed every record into the store at ``out``; returns a summary dict (rows by status,
     images/s, shards written/skipped). Resumes an existing store made with the same settings;
     ``repair`` first deletes the shards ``Store.verify`` finds damaged, so they are embedded
-    again and the intact ones are kept."""
+    again and the intact ones are kept. ``align`` overrides the backbone's alignment
+    (``similarity``, ``crop``, or ``dlib5`` for dlib.resnet) and is recorded in the manifest."""
     from faceprobe.embed.store import StoreWriter, build_vocabularies, records_fingerprint
 
     if shard_size < 1 or batch_size < 1:
@@ -343,6 +364,8 @@ def embed_dataset(records: Iterable[FaceRecord], out: str | os.PathLike, backbon
     if limit is not None:
         records = records[:max(0, int(limit))]
     bb = _make_backbone(backbone, weights, device, precision)
+    if align is not None:
+        bb.config = with_alignment(bb.config, align)
     groups = _check_options(multi_face, no_face, landmarks, features, bb)
     workers = default_workers() if workers is None else max(0, int(workers))
     dev = resolve_device(device if not isinstance(backbone, Backbone) else bb.device)

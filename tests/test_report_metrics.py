@@ -86,3 +86,11 @@ def test_fairness_breakdown_and_gap():
     assert np.isclose(g["gap"], 0.2) and g["lowest"] == "female"
     assert set(out["by"]["gender x race"]["groups"]) == {"male x A", "male x B",
                                                          "female x A", "female x B"}
+
+
+def test_celeba_groups_by_male_and_young_without_duplicating_gender():
+    y = {"gender": np.array([0, 1, 0, 1]), "Male": np.array([1, 0, 1, 0]),
+         "Young": np.array([1, 1, 0, 0])}
+    vocab = {"gender": ["male", "female"], "Male": ["no", "yes"], "Young": ["no", "yes"]}
+    groups = demographic_groups(y, vocab)
+    assert set(groups) == {"Male", "Young", "Male x Young"}

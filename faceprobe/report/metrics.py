@@ -178,6 +178,8 @@ def demographic_groups(y: dict[str, np.ndarray], vocabularies: dict[str, list | 
     for t in DEMOGRAPHIC_TASKS:
         if t in y and vocabularies.get(t) is not None and (np.asarray(y[t]) >= 0).any():
             found[t] = (np.asarray(y[t]), vocabularies[t])
+    if "Male" in found:  # CelebA's own name for the same labels as the mapped `gender`
+        found.pop("gender", None)
     if "age_group" not in found and "age" in y and np.isfinite(y["age"]).any():
         ages = np.asarray(y["age"], dtype=float)
         found["age_group"] = (

@@ -1,9 +1,8 @@
 """`faceprobe demo`: the whole pipeline offline on the bundled sample, into a page that renders."""
 
 import json
-import shutil
 
-import pytest
+from browser import image_widths_in_chromium
 
 from faceprobe.cli import main
 
@@ -19,16 +18,5 @@ def test_demo_writes_a_report_that_renders_with_every_image(tmp_path, capsys):
     assert m["demo"]["landmarks"]["nme"] < 0.1
     for head in ("mlp", "logreg", "svm", "mlp-tuned"):
         assert (out / "heads" / head / "index.html").exists()
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.skip("Debian chromium not installed (.ci/run installs it)")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
-        page = browser.new_page()
-        page.goto((out / "index.html").as_uri())
-        widths = page.eval_on_selector_all("img", "els => els.map(e => e.naturalWidth)")
-        browser.close()
+    widths = image_widths_in_chromium(out / "index.html")
     assert len(widths) >= 10 and all(w > 0 for w in widths), widths

@@ -7,6 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
+from browser import image_widths_in_chromium
 from sklearn import metrics as skm
 
 from faceprobe.cli import main
@@ -87,21 +88,10 @@ def test_compare_puts_reports_side_by_side(trained, capsys, tmp_path):
 
 
 def test_report_renders_in_chromium_with_every_image(trained):
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.skip("Debian chromium not installed (.ci/run installs it)")
-    sync_api = pytest.importorskip("playwright.sync_api")
     root, store, model = trained
     report = root / "report"
     if not report.exists():
         main(["evaluate", str(model), str(store), "--report", str(report)])
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
-        page = browser.new_page()
-        page.goto((report / "index.html").as_uri())
-        sizes = page.eval_on_selector_all("img", "els => els.map(e => e.naturalWidth)")
-        browser.close()
+    sizes = image_widths_in_chromium(report / "index.html")
     assert len(sizes) >= 5
     assert all(w > 0 for w in sizes), sizes

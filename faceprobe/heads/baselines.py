@@ -33,6 +33,7 @@ from threadpoolctl import threadpool_limits
 from faceprobe.data.vocab import AGE
 from faceprobe.errors import ConfigError
 from faceprobe.heads.common import (
+    ParamsMixin,
     as_dataset,
     check,
     check_choice,
@@ -51,9 +52,10 @@ KINDS = ("logreg", "linsvm", "svm", "svr", "knn", "hgb", "ridge")
 HEAD = "SklearnHead"
 
 
-class SklearnHead:
+class SklearnHead(ParamsMixin):
     """One scikit-learn pipeline per task; ``kind`` picks the family."""
 
+    _NAME = HEAD
     _PARAMS = ("kind", "tasks", "C", "gamma", "alpha", "epsilon", "n_neighbors", "max_iter",
                "learning_rate", "calibrate", "class_weighting", "features", "seed")
 
@@ -76,16 +78,6 @@ class SklearnHead:
         self.class_weighting = class_weighting
         self.features = features
         self.seed = seed
-
-    def get_params(self, deep: bool = True) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self._PARAMS}
-
-    def set_params(self, **params: Any) -> SklearnHead:
-        for k, v in params.items():
-            if k not in self._PARAMS:
-                raise ConfigError(f"{HEAD}: unknown parameter {k!r}; it has {', '.join(self._PARAMS)}")
-            setattr(self, k, v)
-        return self
 
     def __repr__(self) -> str:
         return f"SklearnHead(kind={self.kind!r}, tasks={self.tasks!r})"

@@ -179,3 +179,22 @@ def torch_threads(n: int = 1) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(old)
+
+
+class ParamsMixin:
+    """scikit-learn's get_params/set_params over a class's ``_PARAMS`` (and ``_NAME`` for
+    messages), so heads plug into tuners and clones the same way."""
+
+    _PARAMS: tuple[str, ...] = ()
+    _NAME = "head"
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self._PARAMS}
+
+    def set_params(self, **params: Any):
+        for k, v in params.items():
+            if k not in self._PARAMS:
+                raise ConfigError(f"{self._NAME}: unknown parameter {k!r}; it has "
+                                  f"{', '.join(self._PARAMS)}")
+            setattr(self, k, v)
+        return self

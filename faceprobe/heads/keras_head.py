@@ -42,6 +42,7 @@ from faceprobe.data.vocab import AGE, AGE_GROUPS
 from faceprobe.errors import ConfigError
 from faceprobe.heads.common import (
     AGE_GROUP,
+    ParamsMixin,
     as_dataset,
     check,
     check_choice,
@@ -73,7 +74,7 @@ def _layer_name(prefix: str, task: str) -> str:
 DEFAULT_LOSS_WEIGHTS = {AGE: 4.0}
 
 
-class KerasHead:
+class KerasHead(ParamsMixin):
     """Multi-task MLP over stored features, shaped as a scikit-learn estimator."""
 
     kind = "mlp"
@@ -101,19 +102,10 @@ class KerasHead:
         self.seed = seed
         self.verbose = verbose
 
+    _NAME = HEAD
     _PARAMS = ("tasks", "hidden", "dropout", "lr", "batch_size", "epochs", "patience",
                "loss_weights", "class_weighting", "age_mode", "features", "norm",
                "weight_decay", "seed", "verbose")
-
-    def get_params(self, deep: bool = True) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self._PARAMS}
-
-    def set_params(self, **params: Any) -> KerasHead:
-        for k, v in params.items():
-            if k not in self._PARAMS:
-                raise ConfigError(f"{HEAD}: unknown parameter {k!r}; it has {', '.join(self._PARAMS)}")
-            setattr(self, k, v)
-        return self
 
     def __repr__(self) -> str:
         return f"KerasHead(tasks={self.tasks!r}, hidden={tuple(self.hidden)!r}, dropout={self.dropout})"

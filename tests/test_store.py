@@ -250,3 +250,13 @@ def test_non_utf8_path_keeps_its_bytes_as_escapes(tmp_path):
         w.write_shard(0, [row(0, path=name), row(1, path=os.fsdecode(b"/img/caf\xe8.jpg"))])
     paths = Store(tmp_path / "s").load(usable_only=False).path.tolist()
     assert paths == ["/img/caf\\xe9.jpg", "/img/caf\\xe8.jpg"]  # distinct, and readable
+
+
+def test_text_columns_limit_decoding_but_keep_filters(tmp_path):
+    write_all(tmp_path / "s")
+    st = Store(tmp_path / "s")
+    full = st.load(splits=["test"])
+    lean = list(st.iter_batches(100, splits=["test"], text_columns=("path",)))[0]
+    assert lean.path.tolist() == full.path.tolist()
+    assert set(lean.split) == {"test"} and set(lean.status) == {"ok"}  # filters still decoded
+    assert set(lean.identity) == {""} and set(full.identity) != {""}

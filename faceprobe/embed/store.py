@@ -582,7 +582,11 @@ class Store:
                                  f"it has: {', '.join(self.vocabularies) or 'none'}")
 
     def read_shard(self, index: int, features: Sequence[str] = ("embedding",),
-                   tasks: Sequence[str] | None = None) -> StoreData:
+                   tasks: Sequence[str] | None = None,
+                   text_columns: Sequence[str] | None = None) -> StoreData:
+        """One shard. ``text_columns`` limits which string columns are decoded (the rest come
+        back as empty strings): decoding variable-length strings is most of a read's cost, and a
+        scorer needs only ``path`` and ``status``."""
         self._check_request(features, tasks)
         tasks = list(self.vocabularies) if tasks is None else list(tasks)
         p = self.path / shard_name(index)
@@ -598,7 +602,11 @@ class Store:
                             f"inconsistent: run `faceprobe store verify {self.path}`")
 
                 def strs(name):
-                    return f[name].asstr()[...].astype(object) if n else np.zeros(0, object)
+                    if not n:
+                        return np.zeros(0, object)
+                    if text_columns is not None and name not in text_columns:
+                        return np.full(n, "", dtype=object)
+                    return f[name].asstr()[...].astype(object)
                 return StoreData(
                     X={g: f[f"features/{g}"][...].astype(np.float32, copy=False) for g in features},
                     y={t: f[f"labels/{t}"][...] for t in tasks},
@@ -616,13 +624,17 @@ class Store:
 
     def iter_batches(self, batch_size: int = 65536, *, features: Sequence[str] = ("embedding",),
                      tasks: Sequence[str] | None = None, splits: Sequence[str] | None = None,
-                     usable_only: bool = True) -> Iterator[StoreData]:
+                     usable_only: bool = True,
+                     text_columns: Sequence[str] | None = None) -> Iterator[StoreData]:
         """Rows in store order, at most ``batch_size`` at a time; memory is bounded by one shard
-        plus one batch."""
+        plus one batch. ``text_columns``: see ``read_shard`` (status and split, which the
+        filters need, are always decoded)."""
+        if text_columns is not None:
+            text_columns = {*text_columns, "status", "split"}
         pending: list[StoreData] = []
         count = 0
         for i in self.shards():
-            d = self.read_shard(i, features, tasks)
+            d = self.read_shard(i, features, tasks, text_columns)
             mask = np.ones(len(d), dtype=bool)
             if usable_only:
                 mask &= np.isin(d.status, USABLE_STATUSES)

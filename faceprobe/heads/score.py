@@ -219,7 +219,7 @@ def score_store(bundle: Any, store: Store | str | os.PathLike, out: str | os.Pat
     # Whole shards by default: a batch that straddles shards costs Store a concat and re-slice.
     batch_size = batch_size or int(store.meta.get("shard_size") or 65536)
     batches = store.iter_batches(batch_size, features=list(bundle.features), tasks=[],
-                                 usable_only=False)
+                                 usable_only=False, text_columns=("path", "status"))
     return _score_batches(bundle, batches, out, progress)
 
 

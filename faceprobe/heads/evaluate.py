@@ -75,6 +75,8 @@ def select_rows(bundle: Any, store: Store, split: str = "test") -> tuple[Any, st
         sp = split_from_description(data, desc)
         idx = sp.indices(split)
         text = sp.description["text"]
+        if split in ("val", "train") and desc.get("refit") == "train+val":
+            text += "; note: the head was refitted on train+val, so these rows were trained on"
         if split == "test" and same_store and desc.get("test_sha256") \
                 and sp.description["test_sha256"] != desc["test_sha256"]:
             raise BundleError(

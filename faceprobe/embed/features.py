@@ -108,13 +108,13 @@ def check_available(groups: Sequence[str]) -> None:
 
 def provenance(groups: Sequence[str]) -> dict[str, dict]:
     """What each extra group was computed with, for the manifest."""
-    from faceprobe.embed.backbones.base import sha256_file
+    from faceprobe.files import file_sha256
 
     out: dict[str, dict] = {}
     for g in groups:
         if g == "geometry68":
             path = shape68_path()
-            out[g] = {"dim": EXTRA_DIMS[g], "model": SHAPE68_FILE, "sha256": sha256_file(path),
+            out[g] = {"dim": EXTRA_DIMS[g], "model": SHAPE68_FILE, "sha256": file_sha256(path),
                       "input": "detector box", "normalised": NORMALISATION}
         elif g == "geometry5":
             out[g] = {"dim": EXTRA_DIMS[g], "input": "the 5 alignment points (detected, or the "

@@ -43,6 +43,7 @@ import numpy as np
 from faceprobe import __version__
 from faceprobe.data.vocab import is_regression
 from faceprobe.errors import StoreError, StoreLockedError
+from faceprobe.files import file_sha256  # noqa: F401  (re-exported for stages and tests)
 
 FORMAT = "faceprobe-store"
 FORMAT_VERSION = 1
@@ -97,12 +98,6 @@ def records_fingerprint(paths: Iterable[str]) -> str:
     return h.hexdigest()
 
 
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def build_vocabularies(records: Iterable[Any], declared: dict[str, list[str] | None]) -> dict:

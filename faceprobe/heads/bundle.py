@@ -25,7 +25,6 @@ Decisions:
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 import shutil
@@ -39,6 +38,7 @@ import numpy as np
 
 from faceprobe import __version__
 from faceprobe.errors import BundleError
+from faceprobe.files import file_sha256
 
 FORMAT = "faceprobe-bundle"
 FORMAT_VERSION = 1
@@ -48,12 +48,6 @@ KERAS_FILE = "model.keras"
 _SAFE_PREFIXES = ("sklearn.", "numpy.", "builtins.", "scipy.sparse.")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _jsonable(obj: Any) -> Any:
@@ -182,7 +176,7 @@ def save_bundle(model: Any, out: str | os.PathLike, *, store: Any = None,
             **dict(extra or {}),
         }
         (tmp / META).write_text(json.dumps(_jsonable(meta), indent=1, sort_keys=True))
-        sums = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        sums = {p.name: file_sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         (tmp / CHECKSUMS).write_text(json.dumps(sums, indent=1, sort_keys=True))
         if out.exists():
             old = out.with_name(f".{out.name}.old")
@@ -215,7 +209,7 @@ def verify_checksums(path: Path) -> dict[str, str]:
         if Path(name).name != name or not f.is_file():
             raise BundleError(f"bundle {path} lacks {name} listed in {CHECKSUMS}; copy the whole "
                               "bundle directory or re-create it")
-        if _sha256(f) != digest:
+        if file_sha256(f) != digest:
             raise BundleError(f"bundle {path}: {name} does not match its checksum (modified "
                               "after saving); refusing to load it; re-create the bundle")
     return sums

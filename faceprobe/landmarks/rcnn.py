@@ -45,7 +45,6 @@ Decisions:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -60,6 +59,7 @@ import torch
 
 from faceprobe.embed.store import Store
 from faceprobe.errors import ConfigError, ImageError, StoreError, WeightsError
+from faceprobe.files import file_sha256
 
 CLASSES = {"face": ("background", "face"), "gender": ("background", "woman", "man")}
 # class index -> store gender vocabulary name
@@ -254,12 +254,6 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------- dataset
@@ -463,7 +457,7 @@ def train(store_path: str | os.PathLike, out: str | os.PathLike, *, epochs: int 
             # torchvision's COCO keypoint weights were trained with frozen-BN eps 0
             config["bn_eps"] = 0.0 if kind == "detection" and "coco" in wpath.name else None
             config["weights_file"] = str(wpath)
-            config["weights_sha256"] = _sha256(wpath)
+            config["weights_sha256"] = file_sha256(wpath)
         else:
             config["pretrained"] = False
     model = build_model(config)
@@ -617,7 +611,7 @@ def predict(model_dir: str | os.PathLike, store_path: str | os.PathLike, *, batc
     if batch_size < 1 or max_detections < 1 or (proposals is not None and proposals < 1):
         raise ConfigError("--batch-size, --max-detections and --proposals must be at least 1")
     store = Store(store_path)
-    fingerprint = _sha256(checkpoint_path(model_dir))
+    fingerprint = file_sha256(checkpoint_path(model_dir))
     summary = {"shards": 0, "written": 0, "skipped": 0, "rows": 0, "predicted": 0,
                "no_detection": 0, "unreadable": 0, "device": str(resolve_device(device))}
     todo = []

@@ -22,9 +22,9 @@ from faceprobe.embed.backbones.base import (
     l2_normalise,
     resolve_device,
     resolve_weights,
-    sha256_file,
 )
 from faceprobe.errors import ConfigError, WeightsError
+from faceprobe.files import file_sha256
 
 
 class ArcFaceOnnx(Backbone):
@@ -72,7 +72,7 @@ class ArcFaceOnnx(Backbone):
             template=tuple(map(tuple, template.tolist())), margin=0.0,
             feature_dims={"embedding": int(dim)},
         )
-        self.weights_sha256 = sha256_file(path)
+        self.weights_sha256 = file_sha256(path)
         self.weights_path = str(path)
 
     def _run(self, batch: np.ndarray) -> np.ndarray:

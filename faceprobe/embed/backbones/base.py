@@ -7,7 +7,6 @@ the backbone, never a separate setting.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 import urllib.error
@@ -59,12 +58,6 @@ def offline() -> bool:
         os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def torch_checkpoint_dirs() -> list[Path]:

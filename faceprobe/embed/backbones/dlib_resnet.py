@@ -26,9 +26,9 @@ from faceprobe.embed.backbones.base import (
     l2_normalise,
     resolve_device,
     resolve_weights,
-    sha256_file,
 )
 from faceprobe.errors import ConfigError, WeightsError
+from faceprobe.files import file_sha256
 
 MODEL_FILE = "dlib_face_recognition_resnet_model_v1.dat"
 MODEL_URL = "http://dlib.net/files/dlib_face_recognition_resnet_model_v1.dat.bz2"
@@ -69,7 +69,7 @@ class DlibResNet(Backbone):
             raise WeightsError(f"{path} is not a dlib face recognition model ({exc}); get it "
                                f"with `pip install face-recognition-models` or from {MODEL_URL}") \
                 from None
-        self.weights_sha256 = sha256_file(path)
+        self.weights_sha256 = file_sha256(path)
         self.weights_path = str(path)
 
     def _features(self, batch, groups):

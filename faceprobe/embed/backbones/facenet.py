@@ -26,10 +26,10 @@ from faceprobe.embed.backbones.base import (
     check_precision,
     resolve_device,
     resolve_weights,
-    sha256_file,
     torch_checkpoint_dirs,
 )
 from faceprobe.errors import WeightsError
+from faceprobe.files import file_sha256
 
 RELEASE = "https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/"
 WEIGHTS = {
@@ -81,7 +81,7 @@ class FaceNet(Backbone):
                 first = str(exc).splitlines()[1:2] or [str(exc)]
                 raise WeightsError(f"weights file {path} does not fit InceptionResnetV1 "
                                    f"({first[0].strip()})") from None
-            self.weights_sha256 = sha256_file(path)
+            self.weights_sha256 = file_sha256(path)
             self.weights_path = str(path)
         model.eval().requires_grad_(False).to(self.device)
         if self.device.type == "cpu":

@@ -33,7 +33,7 @@ from threadpoolctl import threadpool_limits
 from faceprobe.data.vocab import AGE
 from faceprobe.errors import ConfigError
 from faceprobe.heads.common import (
-    ParamsMixin,
+    HeadMixin,
     as_dataset,
     check,
     check_choice,
@@ -52,7 +52,7 @@ KINDS = ("logreg", "linsvm", "svm", "svr", "knn", "hgb", "ridge")
 HEAD = "SklearnHead"
 
 
-class SklearnHead(ParamsMixin):
+class SklearnHead(HeadMixin):
     """One scikit-learn pipeline per task; ``kind`` picks the family."""
 
     _NAME = HEAD
@@ -228,12 +228,6 @@ class SklearnHead(ParamsMixin):
                 proba[:, classes] = p
             out[t] = proba
         return out
-
-    def predict_proba(self, X: Any) -> dict[str, np.ndarray]:
-        return {t: v for t, v in self.predict_outputs(X).items() if t != AGE}
-
-    def predict(self, X: Any) -> dict[str, np.ndarray]:
-        return {t: (v if t == AGE else v.argmax(axis=1)) for t, v in self.predict_outputs(X).items()}
 
     def get_state(self) -> dict[str, Any]:
         self._check_fitted()

@@ -181,9 +181,10 @@ def torch_threads(n: int = 1) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
-class ParamsMixin:
-    """scikit-learn's get_params/set_params over a class's ``_PARAMS`` (and ``_NAME`` for
-    messages), so heads plug into tuners and clones the same way."""
+class HeadMixin:
+    """What every head shares over its own ``predict_outputs``: scikit-learn's
+    get_params/set_params over ``_PARAMS`` (``_NAME`` in messages), ``predict_proba`` (class
+    probabilities per categorical task) and ``predict`` (class codes, age in years)."""
 
     _PARAMS: tuple[str, ...] = ()
     _NAME = "head"
@@ -198,3 +199,10 @@ class ParamsMixin:
                                   f"{', '.join(self._PARAMS)}")
             setattr(self, k, v)
         return self
+
+    def predict_proba(self, X: Any) -> dict[str, np.ndarray]:
+        return {t: v for t, v in self.predict_outputs(X).items() if t != AGE}
+
+    def predict(self, X: Any) -> dict[str, np.ndarray]:
+        return {t: (v if t == AGE else v.argmax(axis=1))
+                for t, v in self.predict_outputs(X).items()}

@@ -42,7 +42,7 @@ from faceprobe.data.vocab import AGE, AGE_GROUPS
 from faceprobe.errors import ConfigError
 from faceprobe.heads.common import (
     AGE_GROUP,
-    ParamsMixin,
+    HeadMixin,
     as_dataset,
     check,
     check_choice,
@@ -74,7 +74,7 @@ def _layer_name(prefix: str, task: str) -> str:
 DEFAULT_LOSS_WEIGHTS = {AGE: 4.0}
 
 
-class KerasHead(ParamsMixin):
+class KerasHead(HeadMixin):
     """Multi-task MLP over stored features, shaped as a scikit-learn estimator."""
 
     kind = "mlp"
@@ -339,12 +339,6 @@ class KerasHead(ParamsMixin):
             part = z[:, bounds[k]:bounds[k + 1]]
             res[t] = (part if t == AGE else torch.softmax(part, dim=1)).numpy()
         return res
-
-    def predict_proba(self, X: Any) -> dict[str, np.ndarray]:
-        return {t: v for t, v in self.predict_outputs(X).items() if t != AGE}
-
-    def predict(self, X: Any) -> dict[str, np.ndarray]:
-        return {t: (v if t == AGE else v.argmax(axis=1)) for t, v in self.predict_outputs(X).items()}
 
     # ---------------------------------------------------------------- bundle state
     def get_state(self) -> dict[str, Any]:

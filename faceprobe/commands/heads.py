@@ -122,7 +122,7 @@ def cmd_tune(args) -> int:
                      role=args.role, oracle=args.oracle)
     if args.role == "worker":
         print(f"worker ran {res.trials_run_now} trials in {res.seconds:.0f}s; the search is "
-              f"over (best score {res.best_score:.4f}); the chief refits and saves the best")
+              "over; the chief refits and saves the best")
         return 0
     print(f"{res.trials} trials ({res.trials_run_now} this run) in {res.seconds:.0f}s; "
           f"best score {res.best_score:.4f}: "

@@ -236,7 +236,7 @@ def _atomic_json_writes() -> None:
 
     def save_json(path, obj):
         text = json.dumps(obj)
-        tmp = f"{path}.tmp"
+        tmp = f"{path}.{os.getpid()}.tmp"  # chief and workers share the directory
         with open(tmp, "w") as f:
             f.write(text)
             f.flush()
@@ -324,15 +324,22 @@ def _kerastuner_env(role: str | None, host: str, port: int, tuner_id: str) -> It
 def _wait_for_chief(host: str, port: int, timeout: float) -> None:
     import grpc
 
-    channel = grpc.insecure_channel(f"{host}:{port}")
-    try:
-        grpc.channel_ready_future(channel).result(timeout=timeout)
-    except grpc.FutureTimeoutError:
-        raise ConfigError(f"no tuning chief answered at {host}:{port} within {timeout:.0f}s; "
-                          "start `faceprobe tune ... --role chief` first (or check the "
-                          "address and firewall)") from None
-    finally:
-        channel.close()
+    # A fresh channel per second: one channel to a port nobody listens on yet backs off its
+    # reconnects for up to minutes, so a worker started before the chief could miss the search.
+    deadline = time.monotonic() + timeout
+    while True:
+        channel = grpc.insecure_channel(f"{host}:{port}")
+        try:
+            grpc.channel_ready_future(channel).result(timeout=1.0)
+            return
+        except grpc.FutureTimeoutError:
+            pass
+        finally:
+            channel.close()
+        if time.monotonic() >= deadline:
+            raise ConfigError(f"no tuning chief answered at {host}:{port} within {timeout:.0f}s; "
+                              "start `faceprobe tune ... --role chief` first (or check the "
+                              "address and firewall)")
 
 
 def _requeue_orphans(oracle, log: Callable[[str], None]) -> None:
@@ -503,13 +510,12 @@ def tune_store(store: Store | str | os.PathLike, tasks: str | Sequence[str] | No
                 t.search(verbose=0)
         except fatal as exc:
             raise ConfigError(str(exc)) from None
+        if role == "worker":
+            # no more oracle calls: the chief stops serving once the search is over, and
+            # KerasTuner's client waits for a server forever (wait_for_ready)
+            return TuneResult({}, float("nan"), t.trials_run_now, t.trials_run_now, {}, None,
+                              None, time.perf_counter() - start)
         best = t.oracle.get_best_trials(1)
-    if role == "worker":
-        best_values = {k: v for k, v in best[0].hyperparameters.values.items()
-                       if not k.startswith("tuner/")} if best else {}
-        return TuneResult(best_values, float(best[0].score) if best else float("nan"),
-                          t.trials_run_now, t.trials_run_now, {}, None, None,
-                          time.perf_counter() - start)
 
     if not best:
         raise ConfigError(f"no trial in {directory} produced a score; see the trial messages "

@@ -2,15 +2,19 @@
 
     python bench/heads.py                      # 10k and 100k rows, dims 128 and 512, 1M-row scoring
     python bench/heads.py --sizes 10000 --dims 128 --score-rows 200000   # quicker
+    python bench/heads.py --skip-training --skip-scoring                  # only the 20-trial search
 
 Training runs on synthetic embeddings with real signal (faceprobe.heads.synthetic), 85/15
 train/validation, tasks gender, race, age; each time is printed with its ratio to logistic
 regression measured in the same run. RBF SVM and k-NN are skipped above --max-kernel-rows
 (their cost grows with n^2; say so rather than run for an hour).
 
+Tuning times a 20-trial random MLP search on 10k rows, end to end, against one default MLP fit.
+
 Scoring writes a synthetic store (cached in --workdir), then in fresh subprocesses (so peak RSS
-(VmHWM) is the scorer's own) (a) reads it with Store.iter_batches only, the baseline, and (b) scores it
-to CSV with an MLP bundle; it prints rows/s, peak RSS and the ratio of (b) to (a).
+(VmHWM) is the scorer's own) (a) reads the columns scoring needs with Store.iter_columns, the
+baseline, and (b) scores it to CSV with an MLP bundle; it prints rows/s, peak RSS and the ratio of
+(b) to (a).
 """
 
 from __future__ import annotations
@@ -87,18 +91,22 @@ mode, store, bundle, out = sys.argv[1:5]
 t = time.perf_counter()
 if mode == "read":
     n = 0
-    for d in Store(store).iter_batches(Store(store).meta['shard_size'], features=["embedding"], tasks=[], usable_only=False):
+    for d in Store(store).iter_columns(["embedding"], ("path", "status", "face")):
         n += len(d)
 else:
     from faceprobe.heads.bundle import load_bundle
     from faceprobe.heads.score import score_store
     b = load_bundle(bundle)
+    loaded = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
     t = time.perf_counter()
     n = score_store(b, store, out)["rows"]
 secs = time.perf_counter() - t
 # VmHWM, not ru_maxrss: the latter keeps the forked parent's high-water mark across exec
 hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
-print(json.dumps({"rows": n, "seconds": secs, "rows_per_s": n / secs, "maxrss_mb": hwm / 1024}))
+res = {"rows": n, "seconds": secs, "rows_per_s": n / secs, "maxrss_mb": hwm / 1024}
+if mode != "read":
+    res["loaded_rss_mb"] = loaded / 1024  # imports + bundle, before the first row
+print(json.dumps(res))
 """
 
 
@@ -134,9 +142,36 @@ def bench_scoring(rows, workdir: Path, shard_size: int):
     print(f"store read only (baseline): {r['rows_per_s']:>10,.0f} rows/s, "
           f"peak RSS {r['maxrss_mb']:.0f} MB")
     print(f"score to CSV ({size:.0f} MB):   {s['rows_per_s']:>10,.0f} rows/s, "
-          f"peak RSS {s['maxrss_mb']:.0f} MB; {s['rows_per_s'] / r['rows_per_s']:.2f}x the "
+          f"peak RSS {s['maxrss_mb']:.0f} MB ({s['loaded_rss_mb']:.0f} MB of it torch, Keras and "
+          f"the bundle before the first row); {s['rows_per_s'] / r['rows_per_s']:.2f}x the "
           f"read-only rate, {s['seconds']:.1f}s for {s['rows']:,} rows")
     return res
+
+
+def bench_tuning(rows: int, trials: int, workdir: Path) -> dict:
+    """A fresh random search of ``trials`` MLP trials on ``rows`` stored embeddings (128-d),
+    timed end to end (split, search, refit of the best), against one default MLP fit on the
+    same split, the baseline measured in the same run."""
+    import shutil
+
+    from faceprobe.heads.synthetic import write_synthetic_store
+    from faceprobe.heads.train import train_store
+    from faceprobe.heads.tune import tune_store
+
+    store = write_synthetic_store(workdir / f"tune-store-{rows}", rows, 128,
+                                  backbone="bench.synthetic")
+    t0 = time.perf_counter()
+    train_store(store, TASKS, "mlp")
+    one = time.perf_counter() - t0
+    d = workdir / "tune-dir"
+    shutil.rmtree(d, ignore_errors=True)
+    t0 = time.perf_counter()
+    res = tune_store(store, TASKS, head="mlp", tuner="random", trials=trials, directory=d)
+    secs = time.perf_counter() - t0
+    print(f"tune {trials} MLP trials on {rows:,} rows: {secs:.0f}s ({secs / 60:.1f} min), "
+          f"{secs / one:.1f}x one default MLP fit ({one:.1f}s); best score {res.best_score:.4f}",
+          flush=True)
+    return {"rows": rows, "trials": trials, "seconds": secs, "one_fit_seconds": one}
 
 
 def main(argv=None) -> int:
@@ -151,6 +186,9 @@ def main(argv=None) -> int:
     ap.add_argument("--workdir", default="/tmp/faceprobe-bench-heads", help="cache directory")
     ap.add_argument("--skip-training", action="store_true", help="only benchmark scoring")
     ap.add_argument("--skip-scoring", action="store_true", help="only benchmark training")
+    ap.add_argument("--tune-trials", type=int, default=20, help="trials of the timed search")
+    ap.add_argument("--tune-rows", type=int, default=10000, help="rows of the timed search")
+    ap.add_argument("--skip-tuning", action="store_true", help="do not time a search")
     args = ap.parse_args(argv)
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -161,6 +199,8 @@ def main(argv=None) -> int:
                        [h.strip() for h in args.heads.split(",")], args.max_kernel_rows)
     if not args.skip_scoring:
         bench_scoring(args.score_rows, workdir, args.shard_size)
+    if not args.skip_tuning:
+        bench_tuning(args.tune_rows, args.tune_trials, workdir)
     return 0
 
 

@@ -82,3 +82,25 @@ def test_score_images_uses_embed_stage(setup, tmp_path, monkeypatch):
     rows = list(csv.DictReader(open(tmp_path / "p.csv", newline="")))
     assert rows[0]["path"].endswith("0,x.jpg")  # quoted path with a comma survives
     assert rows[0]["gender"] == "" and rows[1]["gender"] in ("male", "female")
+
+
+def test_awkward_paths_survive_csv_and_parquet(setup, tmp_path):
+    """Paths go from the HDF5 file to the output as bytes: commas, quotes and non-ASCII must
+    come back exactly, in both formats, with the shard boundaries and failed rows in between."""
+    pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    root, _, bundle = setup
+    store = write_synthetic_store(tmp_path / "s", 700, 8, shard_size=300, failed_every=10,
+                                  path_template='/syn/"café", №{ident}/{i}.jpg')
+    want = Store(store).load(usable_only=False)
+    score_store(bundle, store, tmp_path / "p.csv")
+    score_store(bundle, store, tmp_path / "p.parquet")
+    rows = list(csv.DictReader(open(tmp_path / "p.csv", newline="", encoding="utf-8")))
+    table = pq.read_table(tmp_path / "p.parquet").to_pydict()
+    assert [r["path"] for r in rows] == want.path.tolist() == table["path"]
+    assert [r["status"] for r in rows] == want.status.tolist() == table["status"]
+    assert [r["gender"] or None for r in rows] == table["gender"]
+    ok = want.status == "ok"
+    np.testing.assert_allclose([float(r["age"]) for r in rows if r["age"]],
+                               np.array(table["age"], dtype=float)[ok], atol=0.051)

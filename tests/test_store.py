@@ -252,11 +252,17 @@ def test_non_utf8_path_keeps_its_bytes_as_escapes(tmp_path):
     assert paths == ["/img/caf\\xe9.jpg", "/img/caf\\xe8.jpg"]  # distinct, and readable
 
 
-def test_text_columns_limit_decoding_but_keep_filters(tmp_path):
-    write_all(tmp_path / "s")
+def test_iter_columns_matches_read_shard_in_order_with_prefetch(tmp_path):
+    write_all(tmp_path / "s", shards=3)
     st = Store(tmp_path / "s")
-    full = st.load(splits=["test"])
-    lean = list(st.iter_batches(100, splits=["test"], text_columns=("path",)))[0]
-    assert lean.path.tolist() == full.path.tolist()
-    assert set(lean.split) == {"test"} and set(lean.status) == {"ok"}  # filters still decoded
-    assert set(lean.identity) == {""} and set(full.identity) != {""}
+    got = list(st.iter_columns(("embedding",), ("path", "status", "face")))
+    assert [c.index for c in got] == [0, 1, 2]
+    for c in got:
+        full = st.read_shard(c.index)
+        assert len(c) == 4
+        np.testing.assert_array_equal(c.X["embedding"], full.X["embedding"])
+        assert [p.decode() for p in c.columns["path"]] == full.path.tolist()
+        assert [s.decode() for s in c.columns["status"]] == full.status.tolist()
+        np.testing.assert_array_equal(c.columns["face"], full.extra["face"])
+    with pytest.raises(StoreError, match="no feature group 'hog'"):
+        next(st.iter_columns(("hog",)))

@@ -509,6 +509,19 @@ class StoreData:
         )
 
 
+@dataclass
+class ShardColumns:
+    """Some columns of one shard (``Store.read_columns``): text columns hold UTF-8 ``bytes``."""
+
+    index: int
+    X: dict[str, np.ndarray]
+    columns: dict[str, np.ndarray]
+
+    def __len__(self) -> int:
+        return len(next(iter(self.columns.values()))) if self.columns else \
+            len(next(iter(self.X.values()), ()))
+
+
 class Store:
     """Read access to a store directory."""
 
@@ -576,14 +589,10 @@ class Store:
                 raise StoreError(f"store {self.path} has no labels for task {t!r}; "
                                  f"it has: {', '.join(self.vocabularies) or 'none'}")
 
-    def read_shard(self, index: int, features: Sequence[str] = ("embedding",),
-                   tasks: Sequence[str] | None = None,
-                   text_columns: Sequence[str] | None = None) -> StoreData:
-        """One shard. ``text_columns`` limits which string columns are decoded (the rest come
-        back as empty strings): decoding variable-length strings is most of a read's cost, and a
-        scorer needs only ``path`` and ``status``."""
-        self._check_request(features, tasks)
-        tasks = list(self.vocabularies) if tasks is None else list(tasks)
+    @contextlib.contextmanager
+    def _open_shard(self, index: int, features: Sequence[str]) -> Iterator[tuple[Any, int]]:
+        """(open h5 file, row count) of one shard, each requested feature's shape checked
+        against the manifest; an unreadable file becomes one StoreError naming the fix."""
         p = self.path / shard_name(index)
         try:
             with h5py.File(p, "r") as f:
@@ -595,41 +604,41 @@ class Store:
                             f"shard {p} holds {g!r} of shape {shape}, but the manifest says "
                             f"{n} rows of dimension {self.feature_dims[g]}; the store is "
                             f"inconsistent: run `faceprobe store verify {self.path}`")
-
-                def strs(name):
-                    if not n:
-                        return np.zeros(0, object)
-                    if text_columns is not None and name not in text_columns:
-                        return np.full(n, "", dtype=object)
-                    return f[name].asstr()[...].astype(object)
-                return StoreData(
-                    X={g: f[f"features/{g}"][...].astype(np.float32, copy=False) for g in features},
-                    y={t: f[f"labels/{t}"][...] for t in tasks},
-                    path=strs("path"), split=strs("split"), identity=strs("identity"),
-                    status=strs("status"), dataset=strs("dataset"), box=f["box"][...],
-                    score=f["score"][...], landmarks_detected=f["landmarks_detected"][...],
-                    landmarks_dataset=f["landmarks_dataset"][...],
-                    row_id=np.stack([np.full(n, index), np.arange(n)], axis=1).astype(np.int64),
-                    extra={"error": strs("error"), "policy": strs("policy"),
-                           "face": f["face"][...]},
-                )
+                yield f, n
         except (OSError, KeyError) as exc:
             raise StoreError(f"shard {p} is unreadable ({exc}); run `faceprobe store verify "
                              f"{self.path}` and re-embed it with --repair") from None
 
+    def read_shard(self, index: int, features: Sequence[str] = ("embedding",),
+                   tasks: Sequence[str] | None = None) -> StoreData:
+        """One shard, every column (strings decoded)."""
+        self._check_request(features, tasks)
+        tasks = list(self.vocabularies) if tasks is None else list(tasks)
+        with self._open_shard(index, features) as (f, n):
+            def strs(name):
+                return f[name].asstr()[...].astype(object) if n else np.zeros(0, object)
+
+            return StoreData(
+                X={g: f[f"features/{g}"][...].astype(np.float32, copy=False) for g in features},
+                y={t: f[f"labels/{t}"][...] for t in tasks},
+                path=strs("path"), split=strs("split"), identity=strs("identity"),
+                status=strs("status"), dataset=strs("dataset"), box=f["box"][...],
+                score=f["score"][...], landmarks_detected=f["landmarks_detected"][...],
+                landmarks_dataset=f["landmarks_dataset"][...],
+                row_id=np.stack([np.full(n, index), np.arange(n)], axis=1).astype(np.int64),
+                extra={"error": strs("error"), "policy": strs("policy"),
+                       "face": f["face"][...]},
+            )
+
     def iter_batches(self, batch_size: int = 65536, *, features: Sequence[str] = ("embedding",),
                      tasks: Sequence[str] | None = None, splits: Sequence[str] | None = None,
-                     usable_only: bool = True,
-                     text_columns: Sequence[str] | None = None) -> Iterator[StoreData]:
+                     usable_only: bool = True) -> Iterator[StoreData]:
         """Rows in store order, at most ``batch_size`` at a time; memory is bounded by one shard
-        plus one batch. ``text_columns``: see ``read_shard`` (status and split, which the
-        filters need, are always decoded)."""
-        if text_columns is not None:
-            text_columns = {*text_columns, "status", "split"}
+        plus one batch."""
         pending: list[StoreData] = []
         count = 0
         for i in self.shards():
-            d = self.read_shard(i, features, tasks, text_columns)
+            d = self.read_shard(i, features, tasks)
             mask = np.ones(len(d), dtype=bool)
             if usable_only:
                 mask &= np.isin(d.status, USABLE_STATUSES)
@@ -647,6 +656,43 @@ class Store:
                     pending, count = [], 0
         if pending:
             yield StoreData.concat(pending)
+
+    def read_columns(self, index: int, features: Sequence[str] = ("embedding",),
+                     columns: Sequence[str] = ("path", "status", "face")) -> ShardColumns:
+        """Only the named columns of one shard, text left as UTF-8 ``bytes`` (never decoded).
+
+        The streaming readers' path (scoring): ``read_shard`` builds every column of a
+        ``StoreData`` and decodes strings, which on a 1M-row store cost as much as the scoring."""
+        self._check_request(features, ())
+        with self._open_shard(index, features) as (f, n):
+            X = {}
+            for g in features:
+                X[g] = np.empty((n, self.feature_dims[g]), np.float32)
+                if n:
+                    f[f"features/{g}"].read_direct(X[g])
+            cols = {c: (f[c][...] if n else np.zeros(0, object)) for c in columns}
+        return ShardColumns(index=index, X=X, columns=cols)
+
+    def iter_columns(self, features: Sequence[str] = ("embedding",),
+                     columns: Sequence[str] = ("path", "status", "face"), *,
+                     prefetch: bool = True) -> Iterator[ShardColumns]:
+        """``read_columns`` for every shard in order. With ``prefetch`` the next shard is read in
+        a background thread while the caller works on this one (a scorer's matrix products
+        release the GIL), so memory holds at most two shards."""
+        shards = self.shards()
+        if not prefetch or len(shards) < 2:
+            for i in shards:
+                yield self.read_columns(i, features, columns)
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(1, thread_name_prefix="faceprobe-read") as pool:
+            nxt = pool.submit(self.read_columns, shards[0], features, columns)
+            for k in range(len(shards)):
+                cur = nxt.result()
+                if k + 1 < len(shards):
+                    nxt = pool.submit(self.read_columns, shards[k + 1], features, columns)
+                yield cur
 
     def load(self, features: Sequence[str] = ("embedding",), tasks: Sequence[str] | None = None,
              splits: Sequence[str] | None = None, usable_only: bool = True) -> StoreData:

@@ -6,14 +6,18 @@ or ``age_expected`` (the expectation over the age_group probabilities) when it p
 age_group. Failed rows (no usable embedding) keep their path and status with empty predictions.
 
 Decisions:
-- Batches are whole shards unless asked otherwise (a batch straddling shards costs the store a
-  concatenation and a re-slice: 1M rows read ~1.8x slower with 65536-row batches over 10k shards).
-- Memory is bounded by ``Store.iter_batches`` (one shard + one batch) plus one batch of output:
-  nothing accumulates across batches.
+- Batches are whole shards (a batch straddling shards would cost a concatenation and a re-slice:
+  1M rows read ~1.8x slower with 65536-row batches over 10k-row shards); ``batch_size`` only
+  splits them further.
+- Only the columns the output needs are read (``Store.iter_columns``), and text stays UTF-8
+  bytes from the HDF5 file to the CSV: decoding 1M paths to ``str`` and encoding them back cost
+  as much as the model. The next shard is read in a thread while this one is predicted (the
+  matrix products release the GIL). Memory: two shards plus one batch of output; nothing
+  accumulates across batches.
 - CSV is formatted without per-row Python formatting: probabilities are rounded to 4 decimals
-  and looked up in a table of the 10001 possible strings, ages (0.1 year) likewise, class labels
-  from a per-task table; rows are then joined by ``str.join`` over ``zip`` (C loops). Paths that
-  need CSV quoting are quoted (checked once per batch on the joined text).
+  and looked up in a table of the 10001 possible byte strings, ages (0.1 year) likewise, class
+  labels from a per-task table; rows are then joined by ``bytes.join`` over ``zip`` (C loops).
+  Paths that need CSV quoting are quoted (checked once per batch on the joined text).
 - Parquet is written batch by batch with pyarrow when it is installed; asking for ``.parquet``
   without it is refused before any work is done.
 """
@@ -34,8 +38,10 @@ from faceprobe.embed.store import USABLE_STATUSES, Store
 from faceprobe.errors import ConfigError
 from faceprobe.heads.common import AGE_GROUP
 
-_P_TABLE = np.array([f"{i / 10000:.4f}" for i in range(10001)], dtype=object)
-_AGE_TABLE = np.array([f"{i / 10:.1f}" for i in range(1501)], dtype=object)
+_P_TABLE = np.array([f"{i / 10000:.4f}".encode() for i in range(10001)], dtype=object)
+_AGE_TABLE = np.array([f"{i / 10:.1f}".encode() for i in range(1501)], dtype=object)
+_FACE_TABLE = np.array([str(i).encode() for i in range(256)], dtype=object)
+_USABLE = np.array([s.encode() for s in USABLE_STATUSES], dtype=object)
 _AGE_MIDPOINTS = np.array([1.0, 6.0, 14.5, 24.5, 34.5, 44.5, 54.5, 64.5, 75.0], np.float32)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
@@ -44,6 +50,20 @@ def _csv_field(s: str) -> str:
     if any(c in s for c in ',"\n\r'):
         return '"' + s.replace('"', '""') + '"'
     return s
+
+
+def _csv_bytes(b: bytes) -> bytes:
+    if any(c in b for c in b',"\n\r'):
+        return b'"' + b.replace(b'"', b'""') + b'"'
+    return b
+
+
+def _as_bytes(a: np.ndarray) -> np.ndarray:
+    """Text as UTF-8 bytes objects: what stores hold, and what the CSV is assembled from."""
+    a = np.asarray(a, dtype=object)
+    if len(a) and not isinstance(a[0], bytes):
+        a = np.array([str(v).encode() for v in a], dtype=object)
+    return a
 
 
 class _Columns:
@@ -63,14 +83,15 @@ class _Columns:
         for t in self.cat_tasks:
             self.names.append(t)
             self.names += [f"{t}_p_{c}" for c in voc[t]]
-            self.label_tables[t] = np.array([_csv_field(str(c)) for c in voc[t]], dtype=object)
+            self.label_tables[t] = np.array([_csv_field(str(c)).encode() for c in voc[t]],
+                                            dtype=object)
         if self.has_age:
             self.names.append(AGE)
         if self.age_expected:
             self.names.append("age_expected")
 
-    def header(self) -> str:
-        return ",".join(_csv_field(n) for n in self.names) + "\n"
+    def header(self) -> bytes:
+        return (",".join(_csv_field(n) for n in self.names) + "\n").encode()
 
     def predict(self, X: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = self.bundle.predict_outputs(X)
@@ -79,16 +100,23 @@ class _Columns:
         return out
 
     def csv_block(self, path: np.ndarray, face: np.ndarray, status: np.ndarray,
-                  usable: np.ndarray, out: dict[str, np.ndarray]) -> str:
+                  usable: np.ndarray, out: dict[str, np.ndarray]) -> bytes:
+        """Rows as CSV bytes; ``path`` and ``status`` hold UTF-8 bytes (as read from a store)."""
         n = len(path)
+        if not n:
+            return b""
         paths = path.tolist()
-        if any(c in "".join(paths) for c in ',"\n\r'):
-            paths = [_csv_field(p) for p in paths]
-        cols: list[list[str]] = [paths, np.asarray(face).astype(str).tolist(),
-                                 np.asarray(status).astype(str).tolist()]
+        if any(c in b"".join(paths) for c in b',"\n\r'):
+            paths = [_csv_bytes(p) for p in paths]
+        face = np.asarray(face, np.int64)
+        faces = (_FACE_TABLE[face] if face.min() >= 0 and face.max() < len(_FACE_TABLE)
+                 else np.array([str(v).encode() for v in face], dtype=object))
+        cols: list[list[bytes]] = [paths, faces.tolist(), status.tolist()]
 
-        def fill(values: np.ndarray) -> list[str]:
-            col = np.full(n, "", dtype=object)
+        def fill(values: np.ndarray) -> list[bytes]:
+            if usable.all():
+                return values.tolist()
+            col = np.full(n, b"", dtype=object)
             col[usable] = values
             return col.tolist()
 
@@ -101,9 +129,7 @@ class _Columns:
         for name in ([AGE] if self.has_age else []) + (["age_expected"] if self.age_expected else []):
             a = np.rint(np.clip(np.asarray(out[name], np.float64), 0, 150) * 10).astype(np.int64)
             cols.append(fill(_AGE_TABLE[a]))
-        if not n:
-            return ""
-        return "\n".join(map(",".join, zip(*cols, strict=True))) + "\n"
+        return b"\n".join(map(b",".join, zip(*cols, strict=True))) + b"\n"
 
     def arrow_table(self, path, face, status, usable, out):
         import pyarrow as pa
@@ -116,8 +142,9 @@ class _Columns:
             col[usable] = values
             return pa.array(col, mask=mask)
 
-        data = {"path": pa.array(path.astype(str)), "face": pa.array(np.asarray(face, np.int32)),
-                "status": pa.array(np.asarray(status).astype(str))}
+        data = {"path": pa.array(path.tolist(), type=pa.string()),
+                "face": pa.array(np.asarray(face, np.int32)),
+                "status": pa.array(status.tolist(), type=pa.string())}
         voc = self.bundle.vocabularies
         for t in self.cat_tasks:
             p = np.asarray(out[t], dtype=np.float32)
@@ -138,7 +165,7 @@ class _Writer:
         out.parent.mkdir(parents=True, exist_ok=True)
         self._pq = None
         if not self.parquet:
-            self._f = open(self.tmp, "w", encoding="utf-8", newline="", buffering=1 << 22)
+            self._f = open(self.tmp, "wb", buffering=1 << 22)
             self._f.write(cols.header())
 
     def write(self, path, face, status, usable, out) -> None:
@@ -178,7 +205,20 @@ def check_output(out: str | os.PathLike) -> Path:
     return out
 
 
-def _score_batches(bundle: Any, batches: Iterable[Any], out: Path,
+@dataclass
+class _Batch:
+    """What scoring needs of a row batch: features, and path/status as UTF-8 bytes."""
+
+    X: dict[str, np.ndarray]
+    path: np.ndarray
+    status: np.ndarray
+    face: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.path)
+
+
+def _score_batches(bundle: Any, batches: Iterable[_Batch], out: Path,
                    progress: Callable[[int], None] | None) -> dict[str, Any]:
     cols = _Columns(bundle)
     groups = list(bundle.features)
@@ -188,15 +228,16 @@ def _score_batches(bundle: Any, batches: Iterable[Any], out: Path,
     ok = False
     try:
         for d in batches:
-            usable = np.isin(d.status, USABLE_STATUSES)
-            X = {g: d.X[g][usable] for g in groups}
-            res = cols.predict(X) if usable.any() else {}
-            if not usable.any():
+            usable = np.isin(d.status, _USABLE)
+            if usable.all():
+                res = cols.predict({g: d.X[g] for g in groups})
+            elif usable.any():
+                res = cols.predict({g: d.X[g][usable] for g in groups})
+            else:
                 res = {t: np.zeros((0, len(bundle.vocabularies[t])), np.float32)
                        for t in cols.cat_tasks}
                 res.update({k: np.zeros(0, np.float32) for k in (AGE, "age_expected")})
-            writer.write(d.path, d.extra.get("face", np.zeros(len(d), np.int16)), d.status,
-                         usable, res)
+            writer.write(d.path, d.face, d.status, usable, res)
             rows += len(d)
             scored += int(usable.sum())
             if progress:
@@ -212,15 +253,27 @@ def _score_batches(bundle: Any, batches: Iterable[Any], out: Path,
 def score_store(bundle: Any, store: Store | str | os.PathLike, out: str | os.PathLike, *,
                 batch_size: int | None = None, progress: Callable[[int], None] | None = None
                 ) -> dict[str, Any]:
-    """Score every row of ``store`` (failed rows included, with empty predictions) into ``out``."""
+    """Score every row of ``store`` (failed rows included, with empty predictions) into ``out``.
+
+    Shards are read by ``Store.iter_columns`` (only features, path, status and face; text kept
+    as bytes; the next shard prefetched in a thread while this one is predicted and written).
+    ``batch_size`` only splits shards further, to bound memory on stores with huge shards."""
     out = check_output(out)
     store = store if isinstance(store, Store) else Store(store)
     bundle.check_store(store)
-    # Whole shards by default: a batch that straddles shards costs Store a concat and re-slice.
-    batch_size = batch_size or int(store.meta.get("shard_size") or 65536)
-    batches = store.iter_batches(batch_size, features=list(bundle.features), tasks=[],
-                                 usable_only=False, text_columns=("path", "status"))
-    return _score_batches(bundle, batches, out, progress)
+    groups = list(bundle.features)
+
+    def batches():
+        for sh in store.iter_columns(groups, ("path", "status", "face")):
+            n = len(sh)
+            step = min(batch_size or n, n) or 1
+            for lo in range(0, n, step):
+                yield _Batch(X={g: sh.X[g][lo:lo + step] for g in groups},
+                             path=sh.columns["path"][lo:lo + step],
+                             status=sh.columns["status"][lo:lo + step],
+                             face=sh.columns["face"][lo:lo + step])
+
+    return _score_batches(bundle, batches(), out, progress)
 
 
 def expand_images(inputs: Sequence[str | os.PathLike]) -> list[str]:
@@ -240,20 +293,7 @@ def expand_images(inputs: Sequence[str | os.PathLike]) -> list[str]:
     return paths
 
 
-@dataclass
-class _Rows:
-    """The StoreData columns scoring reads, for rows that never went through a store."""
-
-    X: dict[str, np.ndarray]
-    path: np.ndarray
-    status: np.ndarray
-    extra: dict[str, np.ndarray]
-
-    def __len__(self) -> int:
-        return len(self.path)
-
-
-def _rows_batch(rows: list[dict], groups: dict[str, int], backbone: str) -> _Rows:
+def _rows_batch(rows: list[dict], groups: dict[str, int], backbone: str) -> _Batch:
     n = len(rows)
     X = {}
     for g, dim in groups.items():
@@ -267,9 +307,9 @@ def _rows_batch(rows: list[dict], groups: dict[str, int], backbone: str) -> _Row
                 raise ConfigError(f"backbone {backbone} gave {g!r} of dimension {vec.shape[0]}; "
                                   f"the bundle expects {dim}")
             X[g][i] = vec
-    return _Rows(X=X, path=np.array([str(r["path"]) for r in rows], dtype=object),
-                 status=np.array([r["status"] for r in rows], dtype=object),
-                 extra={"face": np.array([int(r.get("face") or 0) for r in rows])})
+    return _Batch(X=X, path=_as_bytes(np.array([str(r["path"]) for r in rows], dtype=object)),
+                  status=_as_bytes(np.array([r["status"] for r in rows], dtype=object)),
+                  face=np.array([int(r.get("face") or 0) for r in rows]))
 
 
 def score_images(bundle: Any, paths: Sequence[str | os.PathLike], out: str | os.PathLike, *,

@@ -43,10 +43,12 @@ def write_synthetic_store(path: str | Path, n: int, dim: int = 32, *, seed: int 
                           shard_size: int = 4096, failed_every: int = 0, split: str | None = None,
                           with_identity: bool = True, missing_every: int = 0,
                           backbone: str = "test.synthetic", identities: int | None = None,
-                          noise: float = 1.0) -> Path:
+                          noise: float = 1.0,
+                          path_template: str = "/synthetic/{ident}/{i}.jpg") -> Path:
     """Write a store of ``n`` rows; every ``failed_every``-th row is a failed ``no_face`` row and
     every ``missing_every``-th row lacks its race label. ``split`` 'official' writes train/val/test
-    by identity; None leaves the split empty."""
+    by identity; None leaves the split empty. ``path_template`` formats each row's path from
+    ``ident`` and ``i`` (tests use it for paths that need CSV quoting)."""
     a = synthetic_arrays(n, dim, seed=seed, identities=identities, noise=noise)
     vocab = {t: DEFAULT_VOCABULARIES[t] for t in ("gender", "race", "age")}
     meta = {"backbone": backbone, "features": {"embedding": dim}, "vocabularies": vocab,
@@ -67,7 +69,7 @@ def write_synthetic_store(path: str | Path, n: int, dim: int = 32, *, seed: int 
                     del labels["race"]
                 ident = int(a["identity"][i])
                 rows.append({
-                    "path": f"/synthetic/{ident}/{i}.jpg", "dataset": "synthetic",
+                    "path": path_template.format(ident=ident, i=i), "dataset": "synthetic",
                     "split": official[ident] if split == "official" else None,
                     "identity": f"p{ident}" if with_identity else None,
                     "status": "no_face" if failed else "ok",

@@ -77,6 +77,12 @@ def test_inverse_weighting_raises_balanced_accuracy():
     ({"C": -1}, "SklearnHead: C must be a number > 0.0, got -1"),
     ({"n_neighbors": 0}, "SklearnHead: n_neighbors must be an integer >= 1, got 0"),
     ({"gamma": "big"}, "SklearnHead: gamma must be 'scale', 'auto' or a positive number"),
+    ({"task_params": {"race": {"kind": "knn"}}},
+     r"SklearnHead: task_params\['race'\] sets 'kind'; per task only C, gamma"),
+    ({"task_params": {"smiling": {"C": 2}}},
+     "SklearnHead: task_params names task.s. smiling that are not fitted"),
+    ({"task_params": {"race": {"C": 0}}},
+     r"SklearnHead: C must be a number > 0.0, got 0 \(in task_params\['race'\]\)"),
 ])
 def test_bad_params(params, message, data):
     (X, y), _ = data
@@ -88,3 +94,20 @@ def test_bad_params(params, message, data):
 def test_make_head_names_choices():
     with pytest.raises(ConfigError, match="head must be one of mlp, logreg"):
         make_head("xgboost")
+
+
+def test_task_params_set_one_task_and_survive_a_bundle(data, tmp_path):
+    from faceprobe.heads.bundle import load_bundle, save_bundle
+
+    (X, y), (Xt, _) = data
+    head = SklearnHead("svm", tasks=TASKS, C=1.0, task_params={"race": {"C": 0.05}}).fit((X, y))
+    assert head.models_["race"][-1].C == 0.05
+    assert head.models_["gender"][-1].C == 1.0 and head.models_["age"][-1].C == 1.0
+    plain = SklearnHead("svm", tasks=TASKS, C=1.0).fit((X, y))
+    same = plain.predict_outputs(Xt)
+    got = head.predict_outputs(Xt)
+    np.testing.assert_allclose(got["gender"], same["gender"], atol=1e-6)
+    assert not np.allclose(got["race"], same["race"], atol=1e-3)
+    loaded = load_bundle(save_bundle(head, tmp_path / "m")).model
+    assert loaded.task_params == {"race": {"C": 0.05}}
+    np.testing.assert_allclose(loaded.predict_outputs(Xt)["race"], got["race"], atol=1e-6)

@@ -17,6 +17,9 @@ Decisions:
 - Fits and predictions run under ``threadpool_limits(1)``: with OpenMP on the 2 shared cores,
   HistGradientBoosting took >5x longer on 2 threads than on 1 (barrier spinning while other
   processes hold the cores), the same effect as for torch (see common.py).
+- ``task_params`` overrides hyperparameters for single tasks ({"race": {"C": 2.0}}): the models
+  are independent, so the tuner picks each task's values from its own validation score (see
+  tune.py) instead of one compromise for all tasks.
 - Age is regressed on the standardised target (mean/std kept in ``age_scale_``), so SVR's
   ``epsilon`` and ``C`` mean the same whatever the age range; predictions are clipped at 0.
 """
@@ -57,14 +60,17 @@ class SklearnHead(HeadMixin):
 
     _NAME = HEAD
     _PARAMS = ("kind", "tasks", "C", "gamma", "alpha", "epsilon", "n_neighbors", "max_iter",
-               "learning_rate", "calibrate", "class_weighting", "features", "seed")
+               "learning_rate", "calibrate", "class_weighting", "features", "seed",
+               "task_params")
+    # the hyperparameters ``task_params`` may set per task (the model family stays shared)
+    TASK_TUNABLE = ("C", "gamma", "alpha", "epsilon", "n_neighbors", "max_iter", "learning_rate")
 
     def __init__(self, kind: str = "logreg", tasks: Sequence[str] | str | None = None, *,
                  C: float = 1.0, gamma: str | float = "scale", alpha: float = 1.0,
                  epsilon: float = 0.1, n_neighbors: int = 15, max_iter: int = 100,
                  learning_rate: float = 0.1, calibrate: bool | None = None,
                  class_weighting: str = "inverse", features: Sequence[str] | None = None,
-                 seed: int = 0):
+                 seed: int = 0, task_params: Mapping[str, Mapping[str, Any]] | None = None):
         self.kind = kind
         self.tasks = tasks
         self.C = C
@@ -78,6 +84,7 @@ class SklearnHead(HeadMixin):
         self.class_weighting = class_weighting
         self.features = features
         self.seed = seed
+        self.task_params = task_params
 
     def __repr__(self) -> str:
         return f"SklearnHead(kind={self.kind!r}, tasks={self.tasks!r})"
@@ -96,6 +103,27 @@ class SklearnHead(HeadMixin):
         check_choice(HEAD, "calibrate", self.calibrate, (None, True, False))
         check_choice(HEAD, "class_weighting", self.class_weighting, ("inverse", "none"))
         check_number(HEAD, "seed", self.seed, 0, integer=True)
+        tp = self.task_params
+        check(HEAD, "task_params", tp is None or (isinstance(tp, Mapping) and all(
+            isinstance(v, Mapping) for v in tp.values())),
+            "a mapping of task -> {parameter: value}", tp)
+        for t, over in (tp or {}).items():
+            bad = [k for k in over if k not in self.TASK_TUNABLE]
+            if bad:
+                raise ConfigError(f"{HEAD}: task_params[{t!r}] sets {', '.join(map(repr, bad))}; "
+                                  f"per task only {', '.join(self.TASK_TUNABLE)} can be set")
+
+    def _for_task(self, task: str) -> SklearnHead:
+        """This head with ``task_params[task]`` applied (validated like the shared values)."""
+        over = (self.task_params or {}).get(task)
+        if not over:
+            return self
+        head = SklearnHead(**{**self.get_params(), **over, "task_params": None})
+        try:
+            head._validate()
+        except ConfigError as exc:
+            raise ConfigError(f"{exc} (in task_params[{task!r}])") from None
+        return head
 
     def _classifier(self, cw: dict[int, float] | None):
         from sklearn.calibration import CalibratedClassifierCV
@@ -160,6 +188,10 @@ class SklearnHead(HeadMixin):
         tasks = resolve_tasks(self.tasks, ds.y, HEAD)
         groups = features_of(ds.X, self.features)
         x = concat_features(ds.X, groups)
+        unknown = [t for t in (self.task_params or {}) if t not in tasks]
+        if unknown:
+            raise ConfigError(f"{HEAD}: task_params names task(s) {', '.join(unknown)} that are "
+                              f"not fitted; the tasks are {', '.join(tasks)}")
         self.tasks_ = tasks
         self.outputs_ = list(tasks)
         self.feature_groups_ = {g: int(ds.X[g].shape[1]) for g in groups}
@@ -175,7 +207,7 @@ class SklearnHead(HeadMixin):
                 self.vocabularies_[t] = None
                 mu, sd = float(yt[rows].mean()), float(yt[rows].std()) or 1.0
                 self.age_scale_ = {"mean": mu, "std": sd}
-                model = make_pipeline(StandardScaler(), self._regressor())
+                model = make_pipeline(StandardScaler(), self._for_task(t)._regressor())
                 model.fit(x[rows], (yt[rows] - mu) / sd)
             else:
                 voc = vocab_for(t, yt, vocabularies)
@@ -184,7 +216,7 @@ class SklearnHead(HeadMixin):
                 self.class_weights_[t] = w.tolist()
                 cw = {c: float(w[c]) for c in np.unique(yt[rows])} \
                     if self.class_weighting == "inverse" else None
-                model = make_pipeline(StandardScaler(), self._classifier(cw))
+                model = make_pipeline(StandardScaler(), self._for_task(t)._classifier(cw))
                 model.fit(x[rows], yt[rows].astype(np.int64))
             self.models_[t] = model
             self.fit_seconds_[t] = time.perf_counter() - start

@@ -115,3 +115,38 @@ def test_fused_inference_matches_the_keras_model(norm, hidden):
     fast, slow = head.predict_outputs(X), head.predict_outputs(X, fused=False)
     for t in TASKS:
         np.testing.assert_allclose(fast[t], slow[t], rtol=1e-4, atol=1e-4)
+
+
+def test_age_loss_weight_drives_the_age_group_output_in_expected_mode(data):
+    """Expected age is read from the age_group softmax, so the weight given for ``age`` must
+    train that output: with weight 0 its softmax stays untrained and age is far worse."""
+    (X, y), (Xt, yt) = data
+    mae = {}
+    for w in (0.0, 1.0):
+        head = KerasHead(tasks=TASKS, loss_weights={"age": w}, **FAST).fit((X, y))
+        assert head.outputs_ == ["gender", "race", "age_group"]
+        mae[w] = np.abs(head.predict(Xt)["age"] - yt["age"]).mean()
+    assert mae[1.0] < 0.7 * mae[0.0], mae
+
+
+def test_without_early_stopping_every_row_trains_for_exactly_epochs(data):
+    (X, y), _ = data
+    head = KerasHead(tasks=TASKS, early_stopping=False, **{**FAST, "epochs": 7}).fit((X, y))
+    assert len(head.history_["loss"]) == 7 and head.best_epoch_ == 7
+    assert head.history_["val_loss"] == []  # nothing was held out
+
+
+def test_refit_retrains_on_all_rows_for_the_chosen_epochs(data):
+    (X, y), (Xt, _) = data
+    # a high learning rate over-fits the 10% hold-out early, so early stopping picks an epoch
+    head = KerasHead(tasks=TASKS, **{**FAST, "epochs": 60, "lr": 0.03, "hidden": (128,)}).fit((X, y))
+    chosen, curve = head.best_epoch_, list(head.history_["val_loss"])
+    assert 0 < chosen < 60
+    assert head.refit((X, y)) is head
+    assert head.get_params()["epochs"] == chosen and head.early_stopping is False
+    assert head.best_epoch_ == chosen and head.history_["val_loss"] == curve
+    assert len(head.history_["refit_loss"]) == chosen
+    # the recorded parameters reproduce the refitted model
+    again = KerasHead(**head.get_params()).fit((X, y))
+    for t, p in again.predict_proba(Xt).items():
+        np.testing.assert_array_equal(p, head.predict_proba(Xt)[t])

@@ -17,12 +17,18 @@ Decisions:
   (code -1) and ``w`` the task's class weights (common.class_weights). Dividing by the labelled
   count, not the batch size, keeps a task with many missing labels from being down-weighted. The
   total is ``sum_t loss_weights[t] * loss_t`` + L2 on the dense kernels.
-- Age in years is either regressed on a standardised target with a Huber loss (``regression``;
-  delta 0.25 std = ~5 years, so it acts like MAE on the large errors that dominate age MAE) or
-  read as the expectation over the ``age_group`` softmax (``expected``), using the mean training
-  age inside each bin (not the bin midpoint: the open-ended last bin has none).
+- Age in years is read as the expectation over the ``age_group`` softmax (``expected``, the
+  default), using the mean training age inside each bin (not the bin midpoint: the open-ended
+  last bin has none), or regressed on a standardised target with a Huber loss (``regression``;
+  delta 0.25 std = ~5 years). Measured on dlib UTKFace embeddings (same split, 4 seeds): the
+  expectation gave age MAE 5.50 on validation and test against 6.3-6.4 for the regression, with
+  gender and race unchanged; a loss weight for ``age`` applies to the ``age_group`` output then.
 - Early stopping on validation loss restores the best epoch's weights. Without a validation set,
-  10% of the training rows (seeded) are held out for it.
+  10% of the training rows (seeded) are held out for it. ``early_stopping=False`` trains exactly
+  ``epochs`` epochs on every row given; ``refit`` uses it to retrain on train + validation for the
+  epoch count early stopping chose (what ``train``/``tune`` do once validation metrics are
+  measured, as for the baselines: on UTKFace that added ~1 point of race accuracy and 0.1 year
+  of age MAE, gender unchanged).
 - Determinism: torch's RNG is seeded for initialisation, shuffling and dropout, and the loop runs
   on one thread, so two fits with the same seed give identical weights on a CPU.
 - Labels in and out are the store's codes (sklearn's "same labels as y"); class names live in
@@ -70,8 +76,8 @@ def _layer_name(prefix: str, task: str) -> str:
 # The age regression loss (Huber on standardised years) is small beside the cross-entropies, so
 # early stopping on their sum stops before age has converged. Weighting it 4x (measured on dlib
 # UTKFace embeddings, gender/race/age heads): age MAE 8.7 -> 7.6 years, gender and race unchanged
-# or better. Explicit loss_weights override it.
-DEFAULT_LOSS_WEIGHTS = {AGE: 4.0}
+# or better. Only for age_mode="regression"; explicit loss_weights override it.
+REGRESSION_AGE_LOSS_WEIGHT = 4.0
 
 
 class KerasHead(HeadMixin):
@@ -83,9 +89,10 @@ class KerasHead(HeadMixin):
                  dropout: float = 0.3, lr: float = 1e-3, batch_size: int = 256,
                  epochs: int = 200, patience: int = 10,
                  loss_weights: Mapping[str, float] | None = None,
-                 class_weighting: str = "inverse", age_mode: str = "regression",
+                 class_weighting: str = "inverse", age_mode: str = "expected",
                  features: Sequence[str] | None = None, norm: str = "batch",
-                 weight_decay: float = 1e-4, seed: int = 0, verbose: int = 0):
+                 weight_decay: float = 1e-4, early_stopping: bool = True, seed: int = 0,
+                 verbose: int = 0):
         self.tasks = tasks
         self.hidden = hidden
         self.dropout = dropout
@@ -99,13 +106,14 @@ class KerasHead(HeadMixin):
         self.features = features
         self.norm = norm
         self.weight_decay = weight_decay
+        self.early_stopping = early_stopping
         self.seed = seed
         self.verbose = verbose
 
     _NAME = HEAD
     _PARAMS = ("tasks", "hidden", "dropout", "lr", "batch_size", "epochs", "patience",
                "loss_weights", "class_weighting", "age_mode", "features", "norm",
-               "weight_decay", "seed", "verbose")
+               "weight_decay", "early_stopping", "seed", "verbose")
 
     def __repr__(self) -> str:
         return f"KerasHead(tasks={self.tasks!r}, hidden={tuple(self.hidden)!r}, dropout={self.dropout})"
@@ -125,6 +133,7 @@ class KerasHead(HeadMixin):
         check_choice(HEAD, "class_weighting", self.class_weighting, ("inverse", "none"))
         check_choice(HEAD, "age_mode", self.age_mode, ("regression", "expected"))
         check_choice(HEAD, "norm", self.norm, ("batch", "layer", "none"))
+        check_choice(HEAD, "early_stopping", self.early_stopping, (True, False))
         lw = self.loss_weights
         check(HEAD, "loss_weights", lw is None or (isinstance(lw, Mapping) and all(
             isinstance(v, (int, float)) and v >= 0 for v in lw.values())),
@@ -134,8 +143,9 @@ class KerasHead(HeadMixin):
     def fit(self, data: Any, y: Mapping | None = None, *, validation: Any = None,
             vocabularies: Mapping[str, list[str] | None] | None = None,
             callbacks: Sequence[Any] | None = None) -> KerasHead:
-        """Fit on StoreData or (X, y); ``validation`` the same (else 10% of rows are held out).
-        ``callbacks`` are called as ``cb(epoch, logs)`` after each epoch (progress, tuners)."""
+        """Fit on StoreData or (X, y); ``validation`` the same (else 10% of rows are held out
+        for early stopping; none with ``early_stopping=False``). ``callbacks`` are called as
+        ``cb(epoch, logs)`` after each epoch (progress, tuners)."""
         self._validate()
         self._fused = None
         ds = as_dataset(data, y)
@@ -145,7 +155,9 @@ class KerasHead(HeadMixin):
             check(HEAD, "loss_weights", not unknown, f"keyed by the fitted tasks ({', '.join(tasks)})",
                   dict(self.loss_weights))
         groups = features_of(ds.X, self.features)
-        if validation is None:
+        if validation is None and not self.early_stopping:
+            val = None
+        elif validation is None:
             rng = np.random.default_rng(self.seed)
             order = rng.permutation(len(ds))
             n_val = max(1, len(ds) // 10)
@@ -173,7 +185,7 @@ class KerasHead(HeadMixin):
             yt = task_labels(t, ds.y)
             if not present(t, yt).any():
                 raise ConfigError(f"{HEAD}: task {t!r} has no labelled training rows")
-            vt = task_labels(t, val.y)
+            vt = task_labels(t, val.y) if val is not None else yt[:0]
             if t == AGE:
                 self.vocabularies_[t] = None
                 mu, sd = float(np.nanmean(yt)), float(np.nanstd(yt)) or 1.0
@@ -191,8 +203,7 @@ class KerasHead(HeadMixin):
             if self.age_mode == "expected":
                 self.age_bin_means_ = _bin_means(ds.y)
 
-        lw = {t: float((self.loss_weights or {}).get(t, DEFAULT_LOSS_WEIGHTS.get(t, 1.0)))
-              for t in self.outputs_}
+        lw = {t: self._loss_weight(t, tasks) for t in self.outputs_}
         start = time.perf_counter()
         with torch_threads(1):
             net, self.history_, self.best_epoch_ = _train_torch(self, ds, val, targets,
@@ -200,6 +211,27 @@ class KerasHead(HeadMixin):
             self.model_ = self._build()
             _copy_weights(net, self.model_, self)
         self.fit_seconds_ = time.perf_counter() - start
+        return self
+
+    def _loss_weight(self, output: str, tasks: Sequence[str]) -> float:
+        given = dict(self.loss_weights or {})
+        if output == AGE_GROUP and AGE_GROUP not in tasks:  # expected age is read from it
+            return float(given.get(AGE, 1.0))
+        default = REGRESSION_AGE_LOSS_WEIGHT if output == AGE else 1.0
+        return float(given.get(output, default))
+
+    def refit(self, data: Any, y: Mapping | None = None, *,
+              vocabularies: Mapping[str, list[str] | None] | None = None) -> KerasHead:
+        """Retrain from scratch on ``data`` (train + validation rows, typically) for the epoch
+        count the early-stopped fit chose, holding nothing out. The parameters then say so
+        (``epochs`` = that count, ``early_stopping=False``), so they reproduce this model; the
+        early-stopped fit's history is kept, with the refit's loss as ``refit_loss``."""
+        self._check_fitted()
+        history, best_epoch = self.history_, self.best_epoch_
+        self.set_params(epochs=max(1, int(best_epoch or self.epochs)), early_stopping=False)
+        self.fit(data, y, vocabularies=vocabularies)
+        self.history_ = {**history, "refit_loss": self.history_["loss"]}
+        self.best_epoch_ = best_epoch
         return self
 
     def _build(self):
@@ -450,7 +482,7 @@ def _train_torch(head, ds, val, targets, val_targets, lw, callbacks):
     net = _torch_net(head)
     gen = torch.Generator().manual_seed(seed)
     xtr = torch.from_numpy(_standardised(head, ds.X))
-    xva = torch.from_numpy(_standardised(head, val.X))
+    xva = torch.from_numpy(_standardised(head, val.X)) if val is not None else None
     ytr = [torch.from_numpy(np.asarray(targets[t], np.float32)) for t in head.outputs_]
     yva = [torch.from_numpy(np.asarray(val_targets[t], np.float32)) for t in head.outputs_]
     cws = [torch.tensor(head.class_weights_[t]) if t != AGE else None for t in head.outputs_]
@@ -497,20 +529,24 @@ def _train_torch(head, ds, val, targets, val_targets, lw, callbacks):
             opt.step()
             total += float(loss.detach())
             steps += 1
-        net.eval()
-        with torch.no_grad():
-            vl = [float(v) for v in task_losses(net(xva), yva)]
-        val_loss = sum(w * v for w, v in zip(weights, vl, strict=True))
         history["loss"].append(total / max(steps, 1))
-        history["val_loss"].append(val_loss)
-        for t, v in zip(head.outputs_, vl, strict=True):
-            history[f"val_{t}_loss"].append(v)
+        val_loss = float("nan")
+        if xva is not None:
+            net.eval()
+            with torch.no_grad():
+                vl = [float(v) for v in task_losses(net(xva), yva)]
+            val_loss = sum(w * v for w, v in zip(weights, vl, strict=True))
+            history["val_loss"].append(val_loss)
+            for t, v in zip(head.outputs_, vl, strict=True):
+                history[f"val_{t}_loss"].append(v)
         for cb in callbacks or ():
-            cb(epoch, {k: v[-1] for k, v in history.items()})
+            cb(epoch, {k: v[-1] for k, v in history.items() if v})
         if head.verbose:
             print(f"epoch {epoch + 1}: loss {history['loss'][-1]:.4f} val_loss {val_loss:.4f}",
                   flush=True)
-        if val_loss < best - 1e-6:
+        if not head.early_stopping:
+            best_epoch = epoch + 1
+        elif val_loss < best - 1e-6:
             best, best_epoch, waited = val_loss, epoch + 1, 0
             best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
         else:

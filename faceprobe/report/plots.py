@@ -99,7 +99,7 @@ def group_bars_png(breakdown: dict, metric: str, title: str) -> bytes:
 
 def history_png(history: dict[str, list[float]], title: str) -> bytes:
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    for key in ("loss", "val_loss"):
+    for key in ("loss", "val_loss", "refit_loss"):  # refit_loss: the train+val refit
         if history.get(key):
             ax.plot(range(1, len(history[key]) + 1), history[key], label=key)
     ax.set_xlabel("epoch")

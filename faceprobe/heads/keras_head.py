@@ -27,8 +27,8 @@ Decisions:
   10% of the training rows (seeded) are held out for it. ``early_stopping=False`` trains exactly
   ``epochs`` epochs on every row given; ``refit`` uses it to retrain on train + validation for the
   epoch count early stopping chose (what ``train``/``tune`` do once validation metrics are
-  measured, as for the baselines: on UTKFace that added ~1 point of race accuracy and 0.1 year
-  of age MAE, gender unchanged).
+  measured, as for the baselines: on UTKFace, mean of 4 seeds, test race 0.832 -> 0.841, gender
+  0.880 -> 0.885, age MAE 5.50 -> 5.47).
 - Determinism: torch's RNG is seeded for initialisation, shuffling and dropout, and the loop runs
   on one thread, so two fits with the same seed give identical weights on a CPU.
 - Labels in and out are the store's codes (sklearn's "same labels as y"); class names live in

@@ -46,12 +46,6 @@ _AGE_MIDPOINTS = np.array([1.0, 6.0, 14.5, 24.5, 34.5, 44.5, 54.5, 64.5, 75.0], 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
 
-def _csv_field(s: str) -> str:
-    if any(c in s for c in ',"\n\r'):
-        return '"' + s.replace('"', '""') + '"'
-    return s
-
-
 def _csv_bytes(b: bytes) -> bytes:
     if any(c in b for c in b',"\n\r'):
         return b'"' + b.replace(b'"', b'""') + b'"'
@@ -83,7 +77,7 @@ class _Columns:
         for t in self.cat_tasks:
             self.names.append(t)
             self.names += [f"{t}_p_{c}" for c in voc[t]]
-            self.label_tables[t] = np.array([_csv_field(str(c)).encode() for c in voc[t]],
+            self.label_tables[t] = np.array([_csv_bytes(str(c).encode()) for c in voc[t]],
                                             dtype=object)
         if self.has_age:
             self.names.append(AGE)
@@ -91,7 +85,7 @@ class _Columns:
             self.names.append("age_expected")
 
     def header(self) -> bytes:
-        return (",".join(_csv_field(n) for n in self.names) + "\n").encode()
+        return b",".join(_csv_bytes(n.encode()) for n in self.names) + b"\n"
 
     def predict(self, X: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = self.bundle.predict_outputs(X)

@@ -228,12 +228,10 @@ def _make_tuner_class():
                 trial = self.oracle.get_trial(trial.trial_id)
                 done = f"{self.trials_run_now} run here"
             else:
-                n = len([t for t in self.oracle.trials.values() if t.score is not None])
-                done = f"{n} scored"
+                done = f"{_scored(self.oracle)} scored"
             best = self.oracle.get_best_trials(1)
             best_score = best[0].score if best and best[0].score is not None else float("nan")
-            values = {k: v for k, v in trial.hyperparameters.values.items()
-                      if not k.startswith("tuner/")}
+            values = _values(trial)
             score = "failed" if trial.score is None else f"{trial.score:.4f}"
             who = f"{self.tuner_id} " if worker else ""
             self._log(f"{who}trial {trial.trial_id}: score {score} (best {best_score:.4f}, "
@@ -253,6 +251,7 @@ def _make_tuner_class():
 
 
 def _values(trial: Any) -> dict[str, Any]:
+    """A trial's hyperparameters without KerasTuner's own (``tuner/epochs`` ...)."""
     return {k: v for k, v in trial.hyperparameters.values.items() if not k.startswith("tuner/")}
 
 
@@ -415,7 +414,7 @@ def _serve_oracle(oracle, host: str, port: int, log: Callable[[str], None]) -> N
     try:
         while not (servicer.stop_triggered and oracle_chief.exit_chief(oracle)):
             time.sleep(0.2)
-            n = len([t for t in oracle.trials.values() if t.score is not None])
+            n = _scored(oracle)
             if n != last:
                 last = n
                 log(f"chief: {n}/{oracle.max_trials} trials scored; workers active: "
@@ -561,9 +560,8 @@ def tune_store(store: Store | str | os.PathLike, tasks: str | Sequence[str] | No
     if not best:
         raise ConfigError(f"no trial in {directory} produced a score; see the trial messages "
                           "in its trial_*/trial.json")
-    best_values = {k: v for k, v in best[0].hyperparameters.values.items()
-                   if not k.startswith("tuner/")}
-    scored = len([x for x in t.oracle.trials.values() if x.score is not None])
+    best_values = _values(best[0])
+    scored = _scored(t.oracle)
     params = {**base, **head_params(head, best_values, tasks, dim)}
     if head == "mlp":
         params["epochs"] = max(200, max_epochs)

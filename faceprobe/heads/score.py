@@ -52,14 +52,6 @@ def _csv_bytes(b: bytes) -> bytes:
     return b
 
 
-def _as_bytes(a: np.ndarray) -> np.ndarray:
-    """Text as UTF-8 bytes objects: what stores hold, and what the CSV is assembled from."""
-    a = np.asarray(a, dtype=object)
-    if len(a) and not isinstance(a[0], bytes):
-        a = np.array([str(v).encode() for v in a], dtype=object)
-    return a
-
-
 class _Columns:
     """The output schema of a bundle: column names and how to fill them from model outputs."""
 
@@ -301,8 +293,9 @@ def _rows_batch(rows: list[dict], groups: dict[str, int], backbone: str) -> _Bat
                 raise ConfigError(f"backbone {backbone} gave {g!r} of dimension {vec.shape[0]}; "
                                   f"the bundle expects {dim}")
             X[g][i] = vec
-    return _Batch(X=X, path=_as_bytes(np.array([str(r["path"]) for r in rows], dtype=object)),
-                  status=_as_bytes(np.array([r["status"] for r in rows], dtype=object)),
+    # as bytes, like the columns read from a store
+    return _Batch(X=X, path=np.array([str(r["path"]).encode() for r in rows], dtype=object),
+                  status=np.array([str(r["status"]).encode() for r in rows], dtype=object),
                   face=np.array([int(r.get("face") or 0) for r in rows]))
 
 

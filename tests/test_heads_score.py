@@ -62,6 +62,7 @@ def test_parquet_without_pyarrow_is_a_clear_error(setup, tmp_path, monkeypatch):
 
 def test_score_images_uses_embed_stage(setup, tmp_path, monkeypatch):
     import faceprobe.embed.pipeline as pipeline
+    import faceprobe.embed.recipe as recipe
 
     root, store, bundle = setup
     d = Store(store).load()
@@ -75,9 +76,13 @@ def test_score_images_uses_embed_stage(setup, tmp_path, monkeypatch):
         return [{"path": p, "status": "ok" if i else "no_face", "face": 0,
                  "features": {"embedding": d.X["embedding"][i]} if i else None}
                 for i, p in enumerate(paths)]
+    built = []
     monkeypatch.setattr(pipeline, "embed_images", fake_embed)
+    monkeypatch.setattr(recipe, "build_backbones",
+                        lambda r, **kw: built.append(r) or ["the recipe's backbones"])
     stats = score_images(bundle, [tmp_path / "imgs"], tmp_path / "p.csv")
-    assert calls[0][1] == "test.synthetic" and len(calls[0][0]) == 3
+    assert built[0]["backbones"][0]["name"] == "test.synthetic"
+    assert calls[0][1] == ["the recipe's backbones"] and len(calls[0][0]) == 3
     assert stats["rows"] == 3 and stats["failed"] == 1
     rows = list(csv.DictReader(open(tmp_path / "p.csv", newline="")))
     assert rows[0]["path"].endswith("0,x.jpg")  # quoted path with a comma survives

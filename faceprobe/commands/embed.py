@@ -19,11 +19,17 @@ def register(subparsers) -> None:
     p.add_argument("--root", required=True, help="the dataset's directory")
     p.add_argument("--out", required=True, help="store directory to create or resume")
     p.add_argument("--backbone", required=True,
-                   help="facenet.vggface2, facenet.casia-webface, arcface.onnx or dlib.resnet")
+                   help="backbone name(s), comma-separated: dlib.resnet, arcface.mobilefacenet, "
+                        "arcface.mobilefacenet-paddle, arcface.onnx, facenet.vggface2, "
+                        "facenet.casia-webface; with several (e.g. dlib.resnet,arcface."
+                        "mobilefacenet) one detection pass feeds them all: the first gives the "
+                        "'embedding' group, each further one a group named after it")
     p.add_argument("--weights", default=None,
-                   help="weights file; 'random' for seeded random weights (FaceNet, tests only); "
-                        "default: the backbone's file from $FACEPROBE_HOME/weights, torch's cache "
-                        "or its download URL")
+                   help="weights file (one per backbone, comma-separated, in --backbone order; "
+                        "empty = default); 'random' for seeded random weights (FaceNet, tests "
+                        "only); default: the backbone's file from $FACEPROBE_HOME/weights, "
+                        "torch's cache or its download URL. With --add-features: the files of "
+                        "the backbones being added")
     p.add_argument("--batch-size", type=int, default=64, help="faces per backbone call (default 64)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help="where models run; auto = cuda when available")
@@ -54,8 +60,9 @@ def register(subparsers) -> None:
                         "(the 5 detected points, normalised), hog (of the aligned face); "
                         "default: embedding")
     p.add_argument("--add-features", default=None, metavar="NAMES",
-                   help="add these groups (geometry68, geometry5, hog) to the complete store at "
-                        "--out without recomputing the others; resumable")
+                   help="add these groups (geometry68, geometry5, hog, or a further backbone "
+                        "such as arcface.mobilefacenet) to the complete store at --out without "
+                        "detecting again or recomputing the others; resumable")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing store instead of resuming it")
     p.add_argument("--repair", action="store_true",
@@ -127,7 +134,8 @@ def _run_add_features(args: argparse.Namespace) -> int:
     from faceprobe.embed.pipeline import add_features
 
     groups = [g.strip() for g in args.add_features.split(",") if g.strip()]
-    s = add_features(args.out, groups, backbone=args.backbone, workers=args.workers,
+    s = add_features(args.out, groups, backbone=args.backbone, weights=args.weights,
+                     device=args.device, batch_size=args.batch_size, workers=args.workers,
                      show_progress=not args.no_progress)
     if args.json:
         print(json.dumps(s, indent=1))
@@ -153,6 +161,8 @@ def run_store_info(args: argparse.Namespace) -> int:
         f"backbone   {info['backbone']} ({info['dim']}-d, {info.get('precision')}), features "
         + ", ".join(f"{k} {v}" for k, v in info["features"].items()),
         f"weights    {info.get('weights_sha256')}",
+        *[f"group      {b['group']}: {b['name']} (sha256 {str(b['weights_sha256'])[:12]}; "
+          f"{_preprocessing(b.get('config') or {})})" for b in info["recipe"]["backbones"]],
         f"alignment  {info.get('alignment')}",
         f"dataset    {info.get('dataset')} at {info.get('root')}",
         f"shards     {info['shards']}/{info.get('shards_expected')}"
@@ -161,6 +171,14 @@ def run_store_info(args: argparse.Namespace) -> int:
     ]
     print("\n".join(lines))
     return 0
+
+
+def _preprocessing(c: dict) -> str:
+    if not c:
+        return "preprocessing not recorded"
+    norm = c.get("normalisation") or f"mean {c.get('mean')} std {c.get('std')}"
+    return (f"{c.get('input_size')}px {c.get('channel_order', 'RGB')} {c.get('layout', 'NCHW')}, "
+            f"{norm}, {c.get('alignment')}")
 
 
 def _report_problems(problems: dict) -> None:

@@ -65,13 +65,21 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser("score", help="write predictions for a store or image files",
                               description="Score every row of a store (streamed), or embed "
-                              "images/directories with the bundle's backbone and score them.")
+                              "images/directories exactly as the bundle's training store was "
+                              "embedded (backbones, weights, preprocessing, alignment, detection "
+                              "policy: its recorded recipe) and score them.")
     p.add_argument("model", metavar="MODEL", help="model bundle directory")
     p.add_argument("inputs", nargs="+", metavar="STORE|IMAGE|DIR",
                    help="one store directory, or image files and directories of images")
     p.add_argument("--out", required=True, help="predictions file: .csv or .parquet")
     p.add_argument("--batch-size", type=int, default=None,
                    help="rows per batch for a store (default: one shard)")
+    p.add_argument("--weights", default=None,
+                   help="images only: the backbone weights file(s), comma-separated in the "
+                        "recipe's backbone order, when the recorded files are not where they "
+                        "were (their sha256 must match the bundle's)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="images only: where the backbones run")
     p.set_defaults(func=cmd_score)
 
     p = subparsers.add_parser("evaluate", help="metrics of a model bundle on a store split",
@@ -143,7 +151,8 @@ def cmd_score(args) -> int:
     if len(args.inputs) == 1 and (first / MANIFEST).exists():
         res = score_store(bundle, first, args.out, batch_size=args.batch_size)
     else:
-        res = score_images(bundle, args.inputs, args.out)
+        res = score_images(bundle, args.inputs, args.out, weights=args.weights,
+                           device=args.device)
     print(f"wrote {res['out']}: {res['rows']} rows ({res['scored']} scored, {res['failed']} "
           f"without a usable face) in {res['seconds']:.1f}s, {res['rows_per_s']:,.0f} rows/s")
     return 0

@@ -37,6 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "lets anyone who can reach this machine upload photos and see the "
                         "store's images)")
     p.add_argument("--port", type=int, default=8000, help="TCP port to listen on (default 8000)")
+    p.add_argument("--weights", default=None,
+                   help="the backbone weights file(s), comma-separated in the bundle recipe's "
+                        "backbone order, when the recorded files are not where they were")
     p.add_argument("--max-files", type=int, default=32, metavar="N",
                    help="most photos accepted in one request (default 32)")
     p.add_argument("--max-upload-mb", type=float, default=10.0, metavar="MB",
@@ -79,7 +82,7 @@ def cmd_serve(args) -> int:
     print("faceprobe serve: loading the model"
           + (", the store" if args.store else "") + (" and the gallery" if args.gallery else "")
           + " ...", file=sys.stderr, flush=True)
-    app = create_app(args.model, store=args.store, gallery=args.gallery,
+    app = create_app(args.model, store=args.store, gallery=args.gallery, weights=args.weights,
                      max_files=args.max_files,
                      max_file_bytes=int(args.max_upload_mb * 1024 * 1024))
     if not _is_loopback(args.host):

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import pickle
 import re
@@ -53,7 +52,6 @@ from typing import Any
 import numpy as np
 
 from faceprobe.data.records import FaceRecord
-from faceprobe.data.vocab import DEFAULT_VOCABULARIES
 from faceprobe.embed.images import DEFAULT_MAX_PIXELS
 from faceprobe.errors import ConfigError, FaceprobeError, WeightsError
 
@@ -152,7 +150,7 @@ class ShardEmbedder:
         )
 
         chunks = [(shard, records[k:k + CHUNK]) for k in range(0, len(records), CHUNK)]
-        embedder = _Embedder(self.bb, self.groups, self.batch_size)
+        embedder = _Embedder([self.bb], self.groups, self.batch_size)
         rows: list[dict] = []
         for _, _, part in _iter_chunks(chunks, self.cfg, self.detect_here, 0):
             if not self.detect_here:
@@ -206,26 +204,6 @@ def failed_rows(records: Sequence[FaceRecord], message: str) -> list[dict]:
     return rows
 
 
-def _store_meta(records, bb, cfg, groups, shard_size, vocabularies, dataset, root) -> dict:
-    # Must equal embed_dataset's manifest key for key, or a store started by one engine could
-    # not be resumed by the other (tests compare the two manifests).
-    from faceprobe.embed.store import build_vocabularies, records_fingerprint
-
-    if vocabularies is None:
-        tasks = {t for r in records for t in r.labels}
-        vocabularies = {t: v for t, v in DEFAULT_VOCABULARIES.items() if t in tasks}
-    return {
-        "backbone": bb.name, "weights_sha256": bb.weights_sha256, "alignment": cfg.describe(),
-        "precision": bb.precision, "dtype": "float32",
-        "features": {g: int(bb.config.feature_dims[g]) for g in groups},
-        "vocabularies": build_vocabularies(records, vocabularies), "shard_size": int(shard_size),
-        "dataset": dataset or (records[0].dataset if records else None), "root": root,
-        "records_sha256": records_fingerprint(r.path for r in records),
-        "num_records": len(records), "num_shards": math.ceil(len(records) / shard_size),
-        "backbone_config": bb.config.as_dict(),
-    }
-
-
 def _connect(ray, address: str | None, num_cpus: int | None) -> bool:
     """Joins or starts Ray; True when this call started it (and must shut it down)."""
     if ray.is_initialized():
@@ -262,7 +240,7 @@ def embed_dataset_ray(records: Iterable[FaceRecord], out: str | os.PathLike, bac
     builds the backbone to read its metadata: actors use CUDA exactly when ``gpus_per_actor`` > 0.
     ``num_cpus`` sizes the private Ray started when ``address`` is None (default: all CPUs)."""
     from faceprobe.embed.backbones.base import Backbone
-    from faceprobe.embed.pipeline import PrepareConfig, _check_options, _make_backbone
+    from faceprobe.embed.pipeline import _check_options, build_meta, make_backbones, prepare_config
     from faceprobe.embed.store import StoreWriter
 
     ray = _import_ray()
@@ -279,13 +257,18 @@ def embed_dataset_ray(records: Iterable[FaceRecord], out: str | os.PathLike, bac
         records = records[:max(0, int(limit))]
     # the driver needs the backbone only for its metadata: keep it off the GPU unless fp16 forces
     meta_device = device if precision == "fp16" else "cpu"
-    bb = backbone if isinstance(backbone, Backbone) else \
-        _make_backbone(backbone, weights, meta_device, precision)
-    groups = _check_options(multi_face, no_face, landmarks, features, bb)
+    bbs = [backbone] if isinstance(backbone, Backbone) else \
+        make_backbones(backbone, weights, meta_device, precision)
+    if len(bbs) > 1:
+        raise ConfigError("--engine ray embeds with one backbone; use --engine local for "
+                          f"{','.join(b.name for b in bbs)}, or add the others afterwards with "
+                          "--add-features NAME")
+    bb = bbs[0]
+    groups = _check_options(multi_face, no_face, landmarks, features, bbs)
     prepare = {"multi_face": multi_face, "no_face": no_face, "min_face_size": min_face_size,
                "landmarks": landmarks, "max_pixels": max_pixels}
-    cfg = PrepareConfig(bb.config, **prepare)
-    meta = _store_meta(records, bb, cfg, groups, shard_size, vocabularies, dataset, root)
+    cfg = prepare_config(bbs, groups, **prepare)
+    meta = build_meta(records, bbs, cfg, groups, shard_size, vocabularies, dataset, root)
     spec = _backbone_spec(bb, weights)
 
     t0 = time.perf_counter()

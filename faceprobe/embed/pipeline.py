@@ -38,6 +38,7 @@ from faceprobe.embed.backbones import Backbone, BackboneConfig, create_backbone
 from faceprobe.embed.backbones.base import resolve_device
 from faceprobe.embed.detect import MULTI_FACE_POLICIES, NO_FACE_POLICIES, FaceDetector
 from faceprobe.embed.images import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
+from faceprobe.embed.recipe import make_recipe, parse_backbones, parse_weights
 from faceprobe.errors import ConfigError, StoreError
 
 CHUNK = 16  # records per worker task: enough same-size images for one MTCNN batch
@@ -56,6 +57,9 @@ class PrepareConfig:
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     detector_device: str = "cpu"
     extra_features: tuple = ()  # groups of faceprobe.embed.features computed next to alignment
+    others: tuple = ()  # BackboneConfigs of the further backbones, each aligned on its own
+    # (index, name, weights file, precision, groups) of backbones the workers run themselves
+    in_workers: tuple = ()
 
     def describe(self) -> str:
         b = self.backbone
@@ -170,6 +174,7 @@ def detect_align(decoded: list[tuple[dict, object]], cfg: PrepareConfig,
                 r["landmarks_detected"] = face.landmarks
             try:
                 r["chip"] = align_face(img, cfg.backbone, face.landmarks, face.box)
+                r["chips"] = [align_face(img, c, face.landmarks, face.box) for c in cfg.others]
             except Exception as exc:  # noqa: BLE001
                 r["status"], r["error"] = "error", f"{row['path']}: alignment failed: {_one_line(exc)}"
             else:
@@ -191,11 +196,38 @@ def _add_extra(r: dict, img, cfg: PrepareConfig, face) -> None:
         r["chip"] = None
 
 
+_WORKER_BACKBONES: dict[tuple, Backbone] = {}
+
+
+def _worker_embed(rows: list[dict], cfg: PrepareConfig) -> list[dict]:
+    """Run the backbones that are cheaper in the workers (``in_workers``) on this chunk's chips;
+    their groups wait in ``row["pre"]`` for the main process."""
+    todo = [r for r in rows if r.get("chip") is not None]
+    for k, name, weights, precision, groups in cfg.in_workers if todo else ():
+        key = (name, weights, precision)
+        try:
+            if key not in _WORKER_BACKBONES:  # one per worker process, built after the fork
+                _WORKER_BACKBONES[key] = create_backbone(name, weights=weights, device="cpu",
+                                                         precision=precision)
+            chips = np.stack([r["chip"] if k == 0 else r["chips"][k - 1] for r in todo])
+            feats = _WORKER_BACKBONES[key].features(chips, groups, batch_size=len(todo))
+        except Exception as exc:  # noqa: BLE001 - the chunk's faces fail, not the run
+            for r in todo:
+                r["status"], r["error"] = "error", f"{r['path']}: embedding failed: {_one_line(exc)}"
+                r["chip"] = r["chips"] = None
+            return rows
+        for i, r in enumerate(todo):
+            pre = r.setdefault("pre", {})
+            for g in groups:
+                pre[g if k == 0 else name] = feats[g][i]
+    return rows
+
+
 def prepare_records(records: Sequence[FaceRecord], cfg: PrepareConfig, detect: bool = True):
     decoded = decode_records(records, cfg)
     if not detect:
         return decoded
-    return detect_align(decoded, cfg, _detector(cfg))
+    return _worker_embed(detect_align(decoded, cfg, _detector(cfg)), cfg)
 
 
 class _Chunks(torch.utils.data.Dataset):
@@ -240,44 +272,118 @@ def default_workers() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
 
-def _make_backbone(backbone, weights, device, precision) -> Backbone:
+def make_backbones(backbone, weights=None, device="auto", precision="fp32") -> list[Backbone]:
+    """Backbones from a name, ``"a,b"``, a Backbone or a list of either; ``weights`` one per
+    backbone (see :func:`faceprobe.embed.recipe.parse_weights`)."""
     if isinstance(backbone, Backbone):
-        return backbone
-    return create_backbone(str(backbone), weights=weights, device=device, precision=precision)
+        return [backbone]
+    items = parse_backbones(backbone) if isinstance(backbone, str) else list(backbone)
+    if not items:
+        raise ConfigError("--backbone needs at least one backbone name")
+    ws = parse_weights(weights, len(items))
+    out = [b if isinstance(b, Backbone) else
+           create_backbone(str(b), weights=w, device=device, precision=precision)
+           for b, w in zip(items, ws, strict=True)]
+    names = [b.name for b in out]
+    if len(set(names)) != len(names) or "embedding" in names[1:]:
+        raise ConfigError(f"backbones {', '.join(names)}: each backbone once")
+    return out
 
 
-def _check_options(multi_face, no_face, landmarks, features, backbone: Backbone):
+def _check_options(multi_face, no_face, landmarks, features, backbones: Sequence[Backbone]):
+    """The store's groups: the first backbone's (``embedding`` first), the extra groups asked
+    for, and one group per further backbone, named after it."""
     if multi_face not in MULTI_FACE_POLICIES:
         raise ConfigError(f"multi_face={multi_face!r}; choose one of {', '.join(MULTI_FACE_POLICIES)}")
     if no_face not in NO_FACE_POLICIES:
         raise ConfigError(f"no_face={no_face!r}; choose one of {', '.join(NO_FACE_POLICIES)}")
     if landmarks not in LANDMARK_MODES:
         raise ConfigError(f"landmarks={landmarks!r}; choose one of {', '.join(LANDMARK_MODES)}")
-    groups = tuple(dict.fromkeys(features))
-    if "embedding" not in groups:
-        groups = ("embedding", *groups)
-    own, extra = extra_features.split_groups(groups, tuple(backbone.config.feature_dims))
-    backbone.check_groups(own)
+    if isinstance(backbones, Backbone):
+        backbones = [backbones]
+    first, *rest = backbones
+    others = [bb.name for bb in rest]
+    groups = tuple(dict.fromkeys(["embedding", *[g for g in features if g not in others],
+                                  *others]))
+    own, extra = extra_features.split_groups([g for g in groups if g not in others],
+                                             tuple(first.config.feature_dims))
+    first.check_groups(own)
     extra_features.check_available(extra)
     return groups
 
 
-def _group_dims(backbone: Backbone, groups) -> dict[str, int]:
-    return {g: int(extra_features.EXTRA_DIMS[g] if g in extra_features.EXTRA_DIMS
-                   else backbone.config.feature_dims[g]) for g in groups}
+def _group_dims(backbones: Sequence[Backbone], groups) -> dict[str, int]:
+    if isinstance(backbones, Backbone):
+        backbones = [backbones]
+    dims = {bb.name: bb.config.embedding_dim for bb in backbones[1:]}
+    dims.update(extra_features.EXTRA_DIMS)
+    dims.update(backbones[0].config.feature_dims)
+    return {g: int(dims[g]) for g in groups}
 
 
 def _extra_groups(groups) -> tuple[str, ...]:
     return tuple(g for g in groups if g in extra_features.EXTRA_DIMS)
 
 
-class _Embedder:
-    """Collects chips of one shard and embeds them in fixed batches from the shard's start."""
+def prepare_config(backbones: Sequence[Backbone], groups, *, multi_face="central",
+                   no_face="skip", min_face_size=None, landmarks="detect",
+                   max_pixels=DEFAULT_MAX_PIXELS, detector_device="cpu") -> PrepareConfig:
+    return PrepareConfig(backbones[0].config, multi_face, no_face, min_face_size, landmarks,
+                         max_pixels, detector_device, _extra_groups(groups),
+                         tuple(bb.config for bb in backbones[1:]))
 
-    def __init__(self, backbone: Backbone, groups, batch_size: int):
-        self.backbone, self.groups, self.batch_size = backbone, tuple(groups), batch_size
+
+def _in_workers(backbones: Sequence[Backbone], groups) -> tuple:
+    """Backbones with ``runs_in_workers`` (dlib: single-threaded, so one copy per worker process
+    uses every core where one in the main process uses one) and a weights file to load there."""
+    out = []
+    for k, bb in enumerate(backbones):
+        if getattr(bb, "runs_in_workers", False) and bb.weights_path:
+            own = tuple(g for g in groups if g in bb.config.feature_dims) if k == 0 \
+                else ("embedding",)
+            out.append((k, bb.name, bb.weights_path, bb.precision, own))
+    return tuple(out)
+
+
+def build_meta(records: Sequence[FaceRecord], backbones: Sequence[Backbone], cfg: PrepareConfig,
+               groups, shard_size: int, vocabularies: dict | None, dataset: str | None,
+               root: str | None) -> dict:
+    """The store manifest of an embed run (both engines write this, so either can resume a
+    store the other started)."""
+    from faceprobe.embed.store import build_vocabularies, records_fingerprint
+
+    if vocabularies is None:
+        tasks = {t for r in records for t in r.labels}
+        vocabularies = {t: v for t, v in DEFAULT_VOCABULARIES.items() if t in tasks}
+    bb = backbones[0]
+    meta = {
+        "backbone": bb.name, "weights_sha256": bb.weights_sha256, "alignment": cfg.describe(),
+        "precision": bb.precision, "dtype": "float32",
+        "features": _group_dims(backbones, groups),
+        "vocabularies": build_vocabularies(records, vocabularies), "shard_size": int(shard_size),
+        "dataset": dataset or (records[0].dataset if records else None), "root": root,
+        "records_sha256": records_fingerprint(r.path for r in records),
+        "num_records": len(records), "num_shards": math.ceil(len(records) / shard_size),
+        "backbone_config": bb.config.as_dict(),
+        "recipe": make_recipe(backbones, multi_face=cfg.multi_face, no_face=cfg.no_face,
+                              min_face_size=cfg.min_face_size, landmarks=cfg.landmarks,
+                              max_pixels=cfg.max_pixels, extra_features=cfg.extra_features),
+    }
+    if cfg.extra_features:  # only then, so an embedding-only manifest stays as it was
+        meta["feature_provenance"] = extra_features.provenance(cfg.extra_features)
+    return meta
+
+
+class _Embedder:
+    """Collects chips of one shard and embeds them in fixed batches from the shard's start; each
+    backbone embeds its own chips (the first ``chip``, the others ``chips[k - 1]``)."""
+
+    def __init__(self, backbones: Sequence[Backbone], groups, batch_size: int):
+        self.backbones, self.groups, self.batch_size = list(backbones), tuple(groups), batch_size
+        others = {bb.name for bb in self.backbones[1:]}
         # the extra groups arrive computed in each row's "extra" (see detect_align)
-        self.own = tuple(g for g in self.groups if g not in extra_features.EXTRA_DIMS)
+        self.own = tuple(g for g in self.groups
+                         if g not in extra_features.EXTRA_DIMS and g not in others)
         self.pending: list[dict] = []
 
     def add(self, rows: list[dict]) -> None:
@@ -291,30 +397,43 @@ class _Embedder:
             self._run(self.pending)
         self.pending = []
 
+    def _embed(self, rows: list[dict]) -> dict[str, np.ndarray]:
+        feats: dict[str, np.ndarray] = {}
+        for k, bb in enumerate(self.backbones):
+            groups = self.own if k == 0 else ("embedding",)
+            names = groups if k == 0 else (bb.name,)
+            if all(n in r.get("pre", {}) for r in rows for n in names):  # done in the workers
+                feats.update({n: np.stack([r["pre"][n] for r in rows]) for n in names})
+                continue
+            chips = np.stack([r["chip"] if k == 0 else r["chips"][k - 1] for r in rows])
+            part = bb.features(chips, groups, batch_size=len(rows))
+            feats.update({n: part[g] for n, g in zip(names, groups, strict=True)})
+        return feats
+
     def _run(self, rows: list[dict]) -> None:
         try:
-            feats = self.backbone.features(np.stack([r["chip"] for r in rows]), self.own,
-                                           batch_size=len(rows))
+            feats = self._embed(rows)
         except Exception as exc:  # noqa: BLE001 - a failing batch fails its rows, not the run
             for r in rows:
                 r["status"], r["error"] = "error", f"{r['path']}: embedding failed: {_one_line(exc)}"
-                r["chip"] = None
+                r["chip"] = r["chips"] = None
             return
         for i, r in enumerate(rows):
             extra = r.pop("extra", None) or {}
-            missing = [g for g in self.groups if g not in self.own and g not in extra]
+            missing = [g for g in self.groups if g not in feats and g not in extra]
             if missing:
                 r["status"] = "error"
                 r["error"] = (f"{r['path']}: feature group(s) {', '.join(missing)} were not "
                               "computed (this engine does not compute them)")
-            r["features"] = {g: feats[g][i] if g in self.own else extra.get(g)
-                             for g in self.groups}
-            r["chip"] = None
+            r["features"] = {g: feats[g][i] if g in feats else extra.get(g) for g in self.groups}
+            r["chip"] = r["chips"] = None
 
 
 def _finish(rows: list[dict]) -> list[dict]:
     for r in rows:
         r.pop("chip", None)
+        r.pop("chips", None)
+        r.pop("pre", None)
         r.pop("extra", None)
         if r["status"] not in ("ok", "multi_face_chosen", "no_face_fallback", "dataset_landmarks"):
             r["features"] = None
@@ -356,40 +475,29 @@ def embed_dataset(records: Iterable[FaceRecord], out: str | os.PathLike, backbon
     ``repair`` first deletes the shards ``Store.verify`` finds damaged, so they are embedded
     again and the intact ones are kept. ``align`` overrides the backbone's alignment
     (``similarity``, ``crop``, or ``dlib5`` for dlib.resnet) and is recorded in the manifest."""
-    from faceprobe.embed.store import StoreWriter, build_vocabularies, records_fingerprint
+    from faceprobe.embed.store import StoreWriter
 
     if shard_size < 1 or batch_size < 1:
         raise ConfigError("shard_size and batch_size must be at least 1")
     records = list(records)
     if limit is not None:
         records = records[:max(0, int(limit))]
-    bb = _make_backbone(backbone, weights, device, precision)
+    bbs = make_backbones(backbone, weights, device, precision)
+    bb = bbs[0]
     if align is not None:
         bb.config = with_alignment(bb.config, align)
-    groups = _check_options(multi_face, no_face, landmarks, features, bb)
+    groups = _check_options(multi_face, no_face, landmarks, features, bbs)
     workers = default_workers() if workers is None else max(0, int(workers))
-    dev = resolve_device(device if not isinstance(backbone, Backbone) else bb.device)
+    dev = resolve_device(device if isinstance(backbone, str) else bb.device)
     detect_in_workers = dev.type == "cpu"
-    cfg = PrepareConfig(bb.config, multi_face, no_face, min_face_size, landmarks, max_pixels,
-                        "cpu" if detect_in_workers else str(dev), _extra_groups(groups))
-    if vocabularies is None:
-        tasks = {t for r in records for t in r.labels}
-        vocabularies = {t: v for t, v in DEFAULT_VOCABULARIES.items() if t in tasks}
-    vocab = build_vocabularies(records, vocabularies)
-    _check_labels(records, vocab)
-    n_shards = math.ceil(len(records) / shard_size)
-    meta = {
-        "backbone": bb.name, "weights_sha256": bb.weights_sha256, "alignment": cfg.describe(),
-        "precision": bb.precision, "dtype": "float32",
-        "features": _group_dims(bb, groups),
-        "vocabularies": vocab, "shard_size": int(shard_size),
-        "dataset": dataset or (records[0].dataset if records else None), "root": root,
-        "records_sha256": records_fingerprint(r.path for r in records),
-        "num_records": len(records), "num_shards": n_shards,
-        "backbone_config": bb.config.as_dict(),
-    }
-    if cfg.extra_features:  # only then, so an embedding-only manifest stays as it was
-        meta["feature_provenance"] = extra_features.provenance(cfg.extra_features)
+    cfg = prepare_config(bbs, groups, multi_face=multi_face, no_face=no_face,
+                         min_face_size=min_face_size, landmarks=landmarks, max_pixels=max_pixels,
+                         detector_device="cpu" if detect_in_workers else str(dev))
+    if detect_in_workers and workers > 0:
+        cfg = dataclasses.replace(cfg, in_workers=_in_workers(bbs, groups))
+    meta = build_meta(records, bbs, cfg, groups, shard_size, vocabularies, dataset, root)
+    _check_labels(records, meta["vocabularies"])
+    n_shards = meta["num_shards"]
     t0 = time.perf_counter()
     status: Counter = Counter()
     with StoreWriter.open(out, meta, overwrite=overwrite, resume=resume) as writer:
@@ -404,8 +512,9 @@ def embed_dataset(records: Iterable[FaceRecord], out: str | os.PathLike, backbon
         bar = None
         if show_progress:
             from tqdm.auto import tqdm
-            bar = tqdm(total=todo_images, unit="img", desc=f"embed {bb.name}", dynamic_ncols=True)
-        embedder = _Embedder(bb, groups, batch_size)
+            bar = tqdm(total=todo_images, unit="img", desc=f"embed {'+'.join(b.name for b in bbs)}",
+                       dynamic_ncols=True)
+        embedder = _Embedder(bbs, groups, batch_size)
         main_detector = None if detect_in_workers else _detector(cfg)
         remaining = {i: min(shard_size, len(records) - i * shard_size) for i in pending}
         shard_rows: dict[int, list[dict]] = {i: [] for i in pending}
@@ -428,7 +537,7 @@ def embed_dataset(records: Iterable[FaceRecord], out: str | os.PathLike, backbon
                 bar.close()
     seconds = time.perf_counter() - t0
     return {
-        "store": str(out), "backbone": bb.name, "precision": bb.precision,
+        "store": str(out), "backbone": ",".join(b.name for b in bbs), "precision": bb.precision,
         "records": len(records), "images": todo_images, "rows": sum(status.values()),
         "status": dict(sorted(status.items())), "shards_written": len(pending),
         "shards_skipped": len(done), "seconds": round(seconds, 3),
@@ -437,19 +546,20 @@ def embed_dataset(records: Iterable[FaceRecord], out: str | os.PathLike, backbon
     }
 
 
-def embed_images(paths: Iterable[str | os.PathLike], backbone: str | Backbone, *, weights=None,
+def embed_images(paths: Iterable[str | os.PathLike], backbone, *, weights=None,
                  batch_size: int = 64, device: str = "auto", precision: str = "fp32",
                  multi_face: str = "central", no_face: str = "skip",
                  min_face_size: float | None = None, features: Sequence[str] = ("embedding",),
                  workers: int = 0, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> list[dict]:
-    """Rows (as for the store, ``features`` as arrays) for raw image files, without a store."""
+    """Rows (as for the store, ``features`` as arrays) for raw image files, without a store.
+    ``backbone`` as for :func:`embed_dataset` (several give one group each after the first)."""
     records = [FaceRecord(path=str(Path(p)), dataset="images") for p in paths]
-    bb = _make_backbone(backbone, weights, device, precision)
-    groups = _check_options(multi_face, no_face, "detect", features, bb)
-    cfg = PrepareConfig(bb.config, multi_face, no_face, min_face_size, "detect", max_pixels, "cpu",
-                        _extra_groups(groups))
+    bbs = make_backbones(backbone, weights, device, precision)
+    groups = _check_options(multi_face, no_face, "detect", features, bbs)
+    cfg = prepare_config(bbs, groups, multi_face=multi_face, no_face=no_face,
+                         min_face_size=min_face_size, max_pixels=max_pixels)
     chunks = [(0, records[k:k + CHUNK]) for k in range(0, len(records), CHUNK)]
-    embedder = _Embedder(bb, groups, batch_size)
+    embedder = _Embedder(bbs, groups, batch_size)
     rows: list[dict] = []
     for _, _, part in _iter_chunks(chunks, cfg, True, workers):
         embedder.add(part)
@@ -473,11 +583,16 @@ def format_summary(summary: dict) -> str:
 
 # --- adding feature groups to an existing store ---------------------------------------------
 
-class _ExtraChunks(torch.utils.data.Dataset):
-    """(shard, rows) chunks whose extra groups a worker computes from the stored box/points."""
+CHIPS = "__chips__"
 
-    def __init__(self, chunks, groups, config: BackboneConfig, max_pixels):
+
+class _ExtraChunks(torch.utils.data.Dataset):
+    """(shard, rows) chunks whose extra groups a worker computes from the stored box/points, and
+    the chips of the backbones being added (``CHIPS``, embedded by the main process)."""
+
+    def __init__(self, chunks, groups, config: BackboneConfig, max_pixels, chip_configs=()):
         self.chunks, self.groups, self.config, self.max_pixels = chunks, groups, config, max_pixels
+        self.chip_configs = tuple(chip_configs)
 
     def __len__(self) -> int:
         return len(self.chunks)
@@ -497,7 +612,11 @@ class _ExtraChunks(torch.utils.data.Dataset):
                         f"{r['path']} (shard {shard}) cannot be read again ({_one_line(exc)}); "
                         "--add-features needs the images where they were embedded from")
             try:
-                out.append(extra_features.compute(self.groups, cache[1], r, self.config))
+                f = extra_features.compute(self.groups, cache[1], r, self.config)
+                if self.chip_configs:
+                    box, lm = extra_features.face_inputs(r)
+                    f[CHIPS] = [align_face(cache[1], c, lm, box) for c in self.chip_configs]
+                out.append(f)
             except Exception as exc:  # noqa: BLE001
                 return shard, len(rows), f"{r['path']} (shard {shard}): {_one_line(exc)}"
         return shard, len(rows), out
@@ -525,48 +644,83 @@ def _shard_has(path: Path, index: int, groups) -> bool:
         return False
 
 
+def _embed_added(feats: list[dict], backbones: Sequence[Backbone], batch_size: int) -> None:
+    """Embed the chips of the added backbones (``CHIPS`` of each row's computed groups) in
+    batches, replacing them by each backbone's group."""
+    idx = [i for i, f in enumerate(feats) if CHIPS in f]
+    for lo in range(0, len(idx), batch_size):
+        part = idx[lo:lo + batch_size]
+        for k, bb in enumerate(backbones):
+            chips = np.stack([feats[i][CHIPS][k] for i in part])
+            emb = bb.features(chips, ("embedding",), batch_size=len(part))["embedding"]
+            for j, i in enumerate(part):
+                feats[i][bb.name] = emb[j]
+    for f in feats:
+        f.pop(CHIPS, None)
+
+
 def add_features(out: str | os.PathLike, groups: Sequence[str], *, backbone: str | None = None,
+                 weights=None, device: str = "auto", batch_size: int = 64,
                  workers: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                  show_progress: bool = True) -> dict:
-    """Add the extra feature ``groups`` to the complete store at ``out`` without recomputing the
-    others: every shard is read back, the groups computed from its stored paths, boxes and
-    points, and the shard rewritten atomically with its existing columns unchanged. Resumable:
-    a shard that already holds the groups is skipped; the manifest lists them once all do."""
+    """Add ``groups`` to the complete store at ``out`` without recomputing the others or
+    detecting again: the extra groups (geometry68, geometry5, hog) and whole further backbones
+    (a registered name, e.g. ``arcface.mobilefacenet``, becomes a group of that name, its chip
+    aligned from the stored box and points; ``weights`` are those backbones' files in order).
+    Every shard is read back, the groups computed, and the shard rewritten atomically with its
+    existing columns unchanged. Resumable: a shard that already holds the groups is skipped; the
+    manifest lists them once all do."""
+    from faceprobe.embed.backbones import backbone_names
+    from faceprobe.embed.recipe import recipe_of
     from faceprobe.embed.store import Store, StoreWriter, read_shard_rows
 
     out = Path(out)
     store = Store(out)
     groups = tuple(dict.fromkeys(g for g in groups if g))
     if not groups:
-        raise ConfigError("--add-features needs at least one group, e.g. geometry68,hog")
-    own = [g for g in groups if g not in extra_features.EXTRA_DIMS]
+        raise ConfigError("--add-features needs at least one group, e.g. geometry68,hog or "
+                          "arcface.mobilefacenet")
+    known = set(backbone_names())
+    own = [g for g in groups if g not in extra_features.EXTRA_DIMS and g not in known]
     if own:
         raise ConfigError(
-            f"--add-features computes {', '.join(extra_features.EXTRA_GROUPS)}; "
-            f"{', '.join(own)} come from the backbone: re-embed with --features "
-            f"{','.join([*store.feature_dims, *own])} --overwrite")
-    if backbone is not None and backbone != store.meta["backbone"]:
+            f"--add-features computes {', '.join(extra_features.EXTRA_GROUPS)} or adds a "
+            f"backbone by name ({', '.join(sorted(known))}); {', '.join(own)} come from the "
+            f"backbone: re-embed with --features {','.join([*store.feature_dims, *own])} "
+            "--overwrite")
+    first = parse_backbones(backbone)[0] if backbone else None
+    if first is not None and first != store.meta["backbone"]:
         raise ConfigError(f"store {out} was embedded with {store.meta['backbone']}, not "
-                          f"{backbone}; pass --backbone {store.meta['backbone']}")
+                          f"{first}; pass --backbone {store.meta['backbone']}")
     info = store.info()
     if not info["complete"]:
         raise StoreError(f"store {out} is incomplete ({info['shards']}/{info['shards_expected']} "
                          "shards); finish the embed run (re-run it) before --add-features")
     todo_groups = tuple(g for g in groups if g not in store.feature_dims)
+    if store.meta["backbone"] in todo_groups:
+        raise ConfigError(f"store {out} already holds {store.meta['backbone']} as its "
+                          "'embedding' group")
     t0 = time.perf_counter()
     summary = {"store": str(out), "backbone": store.meta["backbone"], "added": list(todo_groups),
                "shards_written": 0, "shards_skipped": 0, "rows": 0, "seconds": 0.0}
     if not todo_groups:
         summary["shards_skipped"] = len(store.shards())
         return summary
-    extra_features.check_available(todo_groups)
-    bc = dict(store.meta["backbone_config"])
-    if bc.get("template") is not None:
-        bc["template"] = tuple(tuple(p) for p in bc["template"])
-    config = BackboneConfig(**bc)
+    extra = tuple(g for g in todo_groups if g in extra_features.EXTRA_DIMS)
+    names = [g for g in todo_groups if g not in extra_features.EXTRA_DIMS]
+    extra_features.check_available(extra)
+    added = make_backbones(names, weights, device) if names else []
+    config = BackboneConfig.from_dict(store.meta["backbone_config"])
     old_meta = {k: v for k, v in store.meta.items() if k not in ("format", "format_version")}
-    new_dims = {**store.feature_dims, **{g: extra_features.EXTRA_DIMS[g] for g in todo_groups}}
-    prov = {**store.meta.get("feature_provenance", {}), **extra_features.provenance(todo_groups)}
+    new_dims = {**store.feature_dims, **{g: extra_features.EXTRA_DIMS[g] for g in extra},
+                **{bb.name: int(bb.config.embedding_dim) for bb in added}}
+    prov = {**store.meta.get("feature_provenance", {}), **extra_features.provenance(extra)}
+    recipe = recipe_of(store.meta)
+    recipe["backbones"] = [*recipe["backbones"], *[{
+        "name": bb.name, "group": bb.name, "weights_sha256": bb.weights_sha256,
+        "weights": bb.weights_path, "precision": bb.precision, "config": bb.config.as_dict(),
+    } for bb in added]]
+    recipe["extra_features"] = [*recipe.get("extra_features", []), *extra]
     workers = default_workers() if workers is None else max(0, int(workers))
     with StoreWriter.open(out, old_meta, resume=True) as writer:
         # shards are written with the new groups; the manifest on disk lists them at the end
@@ -589,7 +743,7 @@ def add_features(out: str | os.PathLike, groups: Sequence[str], *, backbone: str
             from tqdm.auto import tqdm
             bar = tqdm(total=sum(remaining.values()), unit="row",
                        desc=f"add {','.join(todo_groups)}", dynamic_ncols=True)
-        ds = _ExtraChunks(chunks, todo_groups, config, max_pixels)
+        ds = _ExtraChunks(chunks, extra, config, max_pixels, [bb.config for bb in added])
         if workers <= 0:
             results = (ds[k] for k in range(len(ds)))
         else:
@@ -607,7 +761,9 @@ def add_features(out: str | os.PathLike, groups: Sequence[str], *, backbone: str
                     bar.update(n)
                 if remaining[shard] == 0:
                     rows = read_shard_rows(out, shard, old_meta)
-                    for r, f in zip(rows, computed.pop(shard), strict=True):
+                    feats = computed.pop(shard)
+                    _embed_added(feats, added, batch_size)
+                    for r, f in zip(rows, feats, strict=True):
                         r["features"] = None if r["status"] not in USABLE else \
                             {**r["features"], **f}
                     writer.write_shard(shard, rows)
@@ -616,6 +772,6 @@ def add_features(out: str | os.PathLike, groups: Sequence[str], *, backbone: str
         finally:
             if bar is not None:
                 bar.close()
-        writer.update_meta(features=new_dims, feature_provenance=prov)
+        writer.update_meta(features=new_dims, feature_provenance=prov, recipe=recipe)
     summary["seconds"] = round(time.perf_counter() - t0, 3)
     return summary

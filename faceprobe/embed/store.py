@@ -42,6 +42,7 @@ import numpy as np
 
 from faceprobe import __version__
 from faceprobe.data.vocab import is_regression
+from faceprobe.embed.recipe import recipe_of
 from faceprobe.errors import StoreError, StoreLockedError
 from faceprobe.files import file_sha256  # noqa: F401  (re-exported for stages and tests)
 
@@ -209,6 +210,8 @@ class StoreWriter:
             if manifest_path.exists() and not overwrite:
                 old = _read_manifest(path)
                 changed = [k for k in _RESUME_KEYS if old.get(k) != full.get(k)]
+                if "recipe" in old and _recipe_key(old) != _recipe_key(full):
+                    changed.append("recipe")
                 if changed:
                     raise StoreError(
                         f"store {path} was written with other settings ({', '.join(changed)} "
@@ -403,6 +406,13 @@ def _encode_labels(task: str, vocab: list[str] | None, rows: Sequence[dict]) -> 
     return out
 
 
+def _recipe_key(meta: dict) -> Any:
+    """What of a recipe must match to resume: not where the weights file was, only its hash."""
+    r = meta.get("recipe") or {}
+    return ([{k: v for k, v in b.items() if k != "weights"} for b in r.get("backbones", [])],
+            r.get("detection"), r.get("extra_features"))
+
+
 def _read_manifest(path: Path) -> dict:
     try:
         meta = json.loads((path / MANIFEST).read_text())
@@ -574,6 +584,7 @@ class Store:
             "complete": m.get("num_shards") is None or len(stats) == m.get("num_shards"),
             "tasks": {t: (v if v is None else len(v)) for t, v in self.vocabularies.items()},
             "faceprobe_version": m.get("faceprobe_version"), "created": m.get("created"),
+            "recipe": recipe_of(m),
         }
 
     def _check_request(self, features: Sequence[str], tasks: Sequence[str] | None) -> None:

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from faceprobe import __version__
+from faceprobe.embed.recipe import recipe_of
 from faceprobe.errors import BundleError
 from faceprobe.files import file_sha256
 
@@ -67,7 +68,8 @@ def store_provenance(store: Any) -> dict[str, Any]:
     return {"path": str(Path(store.path).resolve()), "backbone": m.get("backbone"),
             "weights_sha256": m.get("weights_sha256"), "alignment": m.get("alignment"),
             "precision": m.get("precision"), "dataset": m.get("dataset"),
-            "records_sha256": m.get("records_sha256"), "features": store.feature_dims}
+            "records_sha256": m.get("records_sha256"), "features": store.feature_dims,
+            "recipe": recipe_of(m)}
 
 
 @dataclass
@@ -98,6 +100,12 @@ class Bundle:
     def backbone(self) -> str | None:
         return self.meta.get("backbone")
 
+    @property
+    def recipe(self) -> dict[str, Any]:
+        """How the training store turned images into features (see faceprobe.embed.recipe);
+        rebuilt from the provenance of bundles saved before recipes were recorded."""
+        return recipe_of(self.meta.get("store") or {"backbone": self.backbone})
+
     def predict_outputs(self, X: Any) -> dict[str, np.ndarray]:
         return self.model.predict_outputs(X)
 
@@ -125,6 +133,17 @@ class Bundle:
             raise BundleError(
                 f"bundle {name} was trained with other {self.backbone} weights (sha256 "
                 f"{ours[:12]}) than store {store.path} ({ws[:12]}); re-embed or retrain")
+        theirs = {b["group"]: b for b in recipe_of(store.meta)["backbones"]}
+        for b in self.recipe["backbones"]:
+            t = theirs.get(b["group"])
+            if b["group"] not in self.features or t is None:
+                continue
+            if t["name"] != b["name"] or (b.get("weights_sha256") and t.get("weights_sha256")
+                                          and t["weights_sha256"] != b["weights_sha256"]):
+                raise BundleError(
+                    f"bundle {name} was trained on group {b['group']!r} from {b['name']} "
+                    f"(sha256 {str(b.get('weights_sha256'))[:12]}) but store {store.path} holds "
+                    f"{t['name']} (sha256 {str(t.get('weights_sha256'))[:12]}); re-embed or retrain")
 
 
 def check_out(out: str | os.PathLike, overwrite: bool = False) -> Path:

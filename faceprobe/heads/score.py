@@ -301,24 +301,30 @@ def _rows_batch(rows: list[dict], groups: dict[str, int], backbone: str) -> _Bat
 
 def score_images(bundle: Any, paths: Sequence[str | os.PathLike], out: str | os.PathLike, *,
                  batch_size: int = 4096, progress: Callable[[int], None] | None = None,
-                 **embed_options: Any) -> dict[str, Any]:
-    """Embed image files with the bundle's backbone, then score them like store rows."""
+                 weights: Any = None, device: str = "auto", workers: int = 0,
+                 embed_batch_size: int = 64) -> dict[str, Any]:
+    """Embed image files exactly as the bundle's training store was embedded (its recipe:
+    backbones, weights, preprocessing, alignment, detection policy, feature groups), then score
+    them like store rows. ``weights``: the backbones' files when the recorded ones moved."""
     out = check_output(out)
     try:
         from faceprobe.embed.pipeline import embed_images
+        from faceprobe.embed.recipe import build_backbones, detection_options
     except ImportError as exc:
         raise ConfigError(f"scoring images needs the embed stage, which cannot be imported "
                           f"({exc}); embed the images with `faceprobe embed` and score the "
                           "store instead") from None
-    if not bundle.backbone:
-        raise ConfigError(f"bundle {bundle.path} records no backbone; score a store instead")
     files = expand_images(paths)
+    recipe = bundle.recipe
+    backbones = build_backbones(recipe, weights=weights, device=device,
+                                what=f"bundle {bundle.path}")
     groups = bundle.features
+    options = detection_options(recipe)
 
     def batches():
         for lo in range(0, len(files), batch_size):
-            rows = embed_images(files[lo:lo + batch_size], bundle.backbone,
-                                features=tuple(groups), **embed_options)
+            rows = embed_images(files[lo:lo + batch_size], backbones, features=tuple(groups),
+                                batch_size=embed_batch_size, workers=workers, **options)
             yield _rows_batch(rows, groups, bundle.backbone)
 
     return _score_batches(bundle, batches(), out, progress)

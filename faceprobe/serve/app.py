@@ -74,13 +74,15 @@ def _error(status: int, message: str, **extra: Any) -> JSONResponse:
 def create_app(bundle_path: str | os.PathLike, store: str | os.PathLike | None = None,
                gallery: str | os.PathLike | None = None, *, max_files: int = MAX_FILES,
                max_file_bytes: int = MAX_FILE_BYTES,
-               max_pixels: int | None = DEFAULT_MAX_PIXELS, warm_up: bool = True) -> FastAPI:
-    """Load the bundle (and optionally a store to browse and a gallery store), return the app."""
+               max_pixels: int | None = DEFAULT_MAX_PIXELS, warm_up: bool = True,
+               weights=None) -> FastAPI:
+    """Load the bundle (and optionally a store to browse and a gallery store), return the app.
+    ``weights``: the backbones' files when the recorded ones moved (see ``faceprobe score``)."""
     if not (STATIC / "index.html").is_file():
         raise FaceprobeError(f"the web pages are missing from {STATIC}; reinstall faceprobe")
     bundle = load_bundle(bundle_path)
     gal = Gallery(Store(gallery), bundle) if gallery is not None else None
-    scorer = Scorer(bundle, gallery=gal, max_pixels=max_pixels, warm_up=warm_up)
+    scorer = Scorer(bundle, gallery=gal, max_pixels=max_pixels, warm_up=warm_up, weights=weights)
     table = StoreTable(Store(store), bundle, scorer.predictor, max_pixels) \
         if store is not None else None
     max_total = max_files * max_file_bytes + 1024 * 1024  # + room for the multipart framing

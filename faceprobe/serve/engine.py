@@ -1,9 +1,9 @@
 """What the web app computes: scoring uploaded photos, a store's rows with predictions, a gallery.
 
 Decisions:
-- Everything heavy is built once, in ``create_app``: the bundle, its backbone (same weights and
-  precision as the store the bundle was trained on; other weights are refused, their embeddings
-  would be other numbers), MTCNN (warmed up on a blank image), the store table and the gallery.
+- Everything heavy is built once, in ``create_app``: the bundle, its backbones (rebuilt from the
+  training store's recipe: same weights, preprocessing, alignment and detection settings; other
+  weights are refused, their embeddings would be other numbers), MTCNN (warmed up on a blank image), the store table and the gallery.
 - Uploads are scored in one pass: each file is decoded with ``load_image`` (the embed stage's
   hostile-input handling: pixel limit from the header before decoding, one-line errors), then all
   decodable files go through one ``embed_images`` call with ``multi_face='all'``, so every face is
@@ -121,24 +121,12 @@ class Predictor:
         return res
 
 
-def make_backbone(bundle: Bundle):
-    """The bundle's backbone with the weights its training store was embedded with."""
-    from faceprobe.embed.backbones import create_backbone
+def make_backbones(bundle: Bundle, weights=None) -> list:
+    """The bundle's backbones with the weights and preprocessing of its training store's recipe
+    (other weights are refused with one line naming both hashes)."""
+    from faceprobe.embed.recipe import build_backbones
 
-    if not bundle.backbone:
-        raise BundleError(f"bundle {bundle.path} records no backbone, so photos cannot be "
-                          "embedded for it; train it with `faceprobe train` on a store")
-    prov = bundle.meta.get("store") or {}
-    want = prov.get("weights_sha256") or ""
-    weights = "random" if str(want).startswith("random") else None
-    bb = create_backbone(bundle.backbone, weights=weights,
-                         precision=prov.get("precision") or "fp32")
-    if want and bb.weights_sha256 != want:
-        raise BundleError(
-            f"bundle {bundle.path} was trained on {bundle.backbone} embeddings made with other "
-            f"weights (sha256 {want[:12]}) than the ones installed here "
-            f"({str(bb.weights_sha256)[:12]}); install those weights or retrain the bundle")
-    return bb
+    return build_backbones(bundle.recipe, weights=weights, what=f"bundle {bundle.path}")
 
 
 def _jpeg(img: np.ndarray, side: int, quality: int = 85) -> bytes:
@@ -193,13 +181,14 @@ class Scorer:
     """Scores uploaded files: decode, detect every face, embed, predict, search the gallery."""
 
     def __init__(self, bundle: Bundle, *, gallery: Gallery | None = None,
-                 max_pixels: int | None = DEFAULT_MAX_PIXELS, warm_up: bool = True):
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS, warm_up: bool = True,
+                 weights=None):
         self.bundle = bundle
         self.predictor = Predictor(bundle)
         self.groups = bundle.features
         self.gallery = gallery
         self.max_pixels = max_pixels
-        self.backbone = make_backbone(bundle)
+        self.backbones = make_backbones(bundle, weights)
         self.lock = threading.Lock()
         if warm_up:
             with tempfile.TemporaryDirectory(prefix="faceprobe-serve-") as tmp:
@@ -209,10 +198,13 @@ class Scorer:
 
     def _embed(self, paths: list[Path]) -> list[dict]:
         from faceprobe.embed.pipeline import embed_images
+        from faceprobe.embed.recipe import detection_options
 
-        return embed_images(paths, self.backbone, features=tuple(self.groups),
-                            multi_face="all", no_face="skip", workers=0,
-                            max_pixels=self.max_pixels)
+        # the recipe's detection settings, but every face: a photo is shown with all of them
+        options = {**detection_options(self.bundle.recipe), "multi_face": "all",
+                   "max_pixels": self.max_pixels}
+        return embed_images(paths, self.backbones, features=tuple(self.groups), workers=0,
+                            **options)
 
     def score(self, uploads: list, preview: bool = True) -> dict[str, Any]:
         """One result per upload (in order), each with its faces; see the API docs."""

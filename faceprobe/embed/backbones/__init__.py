@@ -1,10 +1,11 @@
 """Backbone registry, timm-style: ``create_backbone(name, weights=None, device='auto',
 precision='fp32')`` and ``list_backbones()``.
 
-Each backbone carries its :class:`BackboneConfig` (chip size, alignment, template, normalisation,
-feature groups) and ``weights_sha256``, and has ``embed(faces) -> (n, dim)`` L2-normalised float32
-and ``features(faces, groups)``. Weights: ``None`` resolves the default file (see each module),
-a path loads that file, ``'random'`` (FaceNet only) gives seeded random weights for tests.
+Each backbone carries its :class:`BackboneConfig` (chip size, alignment, template, channel order,
+normalisation, layout, feature groups) and ``weights_sha256``, and has ``embed(faces) -> (n, dim)``
+L2-normalised float32 and ``features(faces, groups)``. Weights: ``None`` resolves the default file
+(see each module), a path loads that file, ``'random'`` (FaceNet only) gives seeded random weights
+for tests.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from faceprobe.embed.backbones.base import Backbone, BackboneConfig
+from faceprobe.embed.backbones.base import Backbone, BackboneConfig, to_model_input
 from faceprobe.errors import ConfigError
 
 
@@ -32,9 +33,11 @@ def _facenet(variant: str) -> Callable[..., Backbone]:
     return make
 
 
-def _arcface(weights=None, device="auto", precision="fp32"):
-    from faceprobe.embed.backbones.arcface import ArcFaceOnnx
-    return ArcFaceOnnx(weights=weights, device=device, precision=precision)
+def _arcface(spec: str) -> Callable[..., Backbone]:
+    def make(weights=None, device="auto", precision="fp32"):
+        from faceprobe.embed.backbones.arcface import ArcFaceOnnx
+        return ArcFaceOnnx(weights=weights, device=device, precision=precision, spec=spec)
+    return make
 
 
 def _dlib(weights=None, device="auto", precision="fp32"):
@@ -49,9 +52,16 @@ _REGISTRY: dict[str, tuple[Callable[..., Backbone], BackboneInfo]] = {
     "facenet.casia-webface": (_facenet("casia-webface"), BackboneInfo(
         "facenet.casia-webface", "InceptionResnetV1 trained on CASIA-WebFace (facenet-pytorch), "
         "512-d; also 1792-d pooled features", 512, "crop", False)),
-    "arcface.onnx": (_arcface, BackboneInfo(
+    "arcface.onnx": (_arcface("arcface.onnx"), BackboneInfo(
         "arcface.onnx", "any ArcFace-style ONNX model (--weights FILE), 112x112, dimension read "
-        "from the model", None, "similarity", False)),
+        "from the model; conventions in FILE.json (docs/arcface-onnx.md)", None, "similarity",
+        False)),
+    "arcface.mobilefacenet": (_arcface("arcface.mobilefacenet"), BackboneInfo(
+        "arcface.mobilefacenet", "MobileFaceNet, ArcFace loss on MS-Celeb-1M (foamliu, ONNX, "
+        "4 MB), 128-d; RGB, ImageNet mean/std", 128, "similarity", False)),
+    "arcface.mobilefacenet-paddle": (_arcface("arcface.mobilefacenet-paddle"), BackboneInfo(
+        "arcface.mobilefacenet-paddle", "MobileFaceNet, ArcFace loss, PaddlePaddle export (ONNX, "
+        "4 MB), 128-d; RGB, (x-127.5)/127.5", 128, "similarity", False)),
     "dlib.resnet": (_dlib, BackboneInfo(
         "dlib.resnet", "dlib's ResNet face descriptor, 128-d, offline (face_recognition_models)",
         128, "dlib5", True)),
@@ -81,4 +91,4 @@ def register_backbone(name: str, factory: Callable[..., Backbone], info: Backbon
 
 
 __all__ = ["Backbone", "BackboneConfig", "BackboneInfo", "backbone_names", "create_backbone",
-           "list_backbones", "register_backbone"]
+           "list_backbones", "register_backbone", "to_model_input"]

@@ -12,7 +12,7 @@ import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -24,25 +24,139 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 DOWNLOAD_TIMEOUT_S = 30
 
 
+CHANNEL_ORDERS = ("RGB", "BGR")
+LAYOUTS = ("NCHW", "NHWC")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # in 0..1 units
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_MEAN_255 = (123.675, 116.28, 103.53)  # the same in the config's 0..255 pixel units
+IMAGENET_STD_255 = (58.395, 57.12, 57.375)
+
+
+def _norm_value(v, what: str) -> float | tuple[float, float, float]:
+    """A scalar or a 3-sequence of finite numbers (JSON lists become tuples)."""
+    if isinstance(v, (list, tuple, np.ndarray)):
+        vals = [float(x) for x in v]
+        if len(vals) != 3:
+            raise ConfigError(f"{what} must be one number or 3 (one per channel), got {len(vals)}")
+        out: float | tuple = tuple(vals)
+    elif isinstance(v, (int, float, np.number)) and not isinstance(v, bool):
+        vals = [float(v)]
+        out = float(v)
+    else:
+        raise ConfigError(f"{what} must be one number or 3 (one per channel), got {v!r}")
+    if not all(np.isfinite(vals)):
+        raise ConfigError(f"{what} must be finite, got {v!r}")
+    return out
+
+
+def _fmt(v) -> str:
+    return f"{v:g}" if isinstance(v, float) else "(" + ",".join(f"{x:g}" for x in v) + ")"
+
+
+def normalisation_label(mean, std) -> str:
+    """A readable name for ``(x - mean) / std`` in 0..255 pixel units."""
+    m, s = np.broadcast_to(np.asarray(mean, float), 3), np.broadcast_to(np.asarray(std, float), 3)
+    if np.allclose(m, 127.5) and np.allclose(s, 127.5):
+        return "arcface: (x-127.5)/127.5"
+    if np.allclose(m, IMAGENET_MEAN_255) and np.allclose(s, IMAGENET_STD_255):
+        return (f"imagenet: x/255, mean {_fmt(IMAGENET_MEAN)}, std {_fmt(IMAGENET_STD)}")
+    if np.allclose(m, 0) and np.allclose(s, 1):
+        return "none: raw 0..255 pixels"
+    return f"(x-{_fmt(mean)})/{_fmt(std)}"
+
+
 @dataclass(frozen=True)
 class BackboneConfig:
+    """How a chip becomes the model's input, and what comes out.
+
+    Preprocessing (:func:`to_model_input`): the aligned uint8 RGB chip is put in
+    ``channel_order``, normalised as ``(x - mean) / std`` with ``x`` in 0..255 (``mean``/``std``
+    one number or one per channel, in the channel order the model receives), and laid out as
+    ``layout``. ``normalisation`` is a readable label, derived from mean/std when not given.
+    """
+
     name: str
     input_size: int
-    mean: float
-    std: float
+    mean: float | tuple[float, float, float]
+    std: float | tuple[float, float, float]
     embedding_dim: int
     alignment: str  # 'similarity' (5 points onto template) or 'crop' (margin crop of the box)
     template: tuple | None = None  # (5, 2) points in input_size pixels for 'similarity'
     margin: float = 0.0  # crop margin in output pixels (facenet-pytorch's convention)
     feature_dims: dict = field(default_factory=dict)  # group -> dim; always has 'embedding'
+    channel_order: str = "RGB"  # what the model receives: 'RGB' or 'BGR'
+    layout: str = "NCHW"  # 'NCHW' or 'NHWC'
+    normalisation: str = ""  # readable label, e.g. 'arcface: (x-127.5)/127.5'
+
+    def __post_init__(self):
+        # frozen: normalise through object.__setattr__ (JSON lists -> tuples, labels filled in)
+        set_ = object.__setattr__
+        set_(self, "mean", _norm_value(self.mean, f"backbone {self.name} mean"))
+        set_(self, "std", _norm_value(self.std, f"backbone {self.name} std"))
+        if np.any(np.asarray(self.std, float) == 0):
+            raise ConfigError(f"backbone {self.name} std must not be 0")
+        order = str(self.channel_order).upper()
+        if order not in CHANNEL_ORDERS:
+            raise ConfigError(f"backbone {self.name} channel_order {self.channel_order!r}; "
+                              f"choose one of {', '.join(CHANNEL_ORDERS)}")
+        set_(self, "channel_order", order)
+        layout = str(self.layout).upper()
+        if layout not in LAYOUTS:
+            raise ConfigError(f"backbone {self.name} layout {self.layout!r}; choose one of "
+                              f"{', '.join(LAYOUTS)}")
+        set_(self, "layout", layout)
+        if self.template is not None:
+            set_(self, "template", tuple(tuple(float(c) for c in p) for p in self.template))
+        if not self.normalisation:
+            set_(self, "normalisation", normalisation_label(self.mean, self.std))
 
     def as_dict(self) -> dict:
+        """JSON-ready; :meth:`from_dict` rebuilds an equal config."""
         return {
-            "name": self.name, "input_size": self.input_size, "mean": self.mean, "std": self.std,
+            "name": self.name, "input_size": self.input_size,
+            "mean": self.mean if isinstance(self.mean, float) else list(self.mean),
+            "std": self.std if isinstance(self.std, float) else list(self.std),
             "embedding_dim": self.embedding_dim, "alignment": self.alignment,
             "template": None if self.template is None else [list(p) for p in self.template],
             "margin": self.margin, "feature_dims": dict(self.feature_dims),
+            "channel_order": self.channel_order, "layout": self.layout,
+            "normalisation": self.normalisation,
         }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> BackboneConfig:
+        """The config of :meth:`as_dict` output, also after a JSON round trip (lists become
+        tuples); keys that older manifests lack take their defaults, unknown keys are refused."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"backbone config has unknown key(s) {', '.join(unknown)}; "
+                              f"known: {', '.join(sorted(names))}")
+        kw = dict(d)
+        kw["feature_dims"] = {str(k): int(v) for k, v in (kw.get("feature_dims") or {}).items()}
+        for k in ("input_size", "embedding_dim"):
+            if kw.get(k) is not None:
+                kw[k] = int(kw[k])
+        if kw.get("margin") is not None:
+            kw["margin"] = float(kw["margin"])
+        return cls(**kw)
+
+
+def to_model_input(batch: np.ndarray, config: BackboneConfig, layout: str | None = None
+                   ) -> np.ndarray:
+    """A uint8 NHWC RGB batch as the model's float32 input: ``config.channel_order``,
+    ``(x - mean) / std`` per channel, then ``layout`` (default ``config.layout``)."""
+    x = np.asarray(batch)
+    if x.ndim != 4 or x.shape[3] != 3:
+        raise ValueError(f"expected an (n, h, w, 3) RGB batch, got shape {x.shape}")
+    if config.channel_order == "BGR":
+        x = x[..., ::-1]
+    mean = np.asarray(config.mean, np.float32)
+    std = np.asarray(config.std, np.float32)
+    x = (x.astype(np.float32) - mean) / std  # broadcasts over the last (channel) axis
+    if (layout or config.layout) == "NCHW":
+        x = x.transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(x, dtype=np.float32)
 
 
 def faceprobe_home() -> Path:

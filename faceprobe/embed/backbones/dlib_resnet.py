@@ -7,6 +7,8 @@ Decisions:
   measurement against warping MTCNN's points onto a template).
 - A batch of chips goes to ``compute_face_descriptor`` in one call. The descriptors are
   L2-normalised (dlib's own are not; its 0.6 euclidean threshold then has no meaning, use cosine).
+- dlib's descriptor is single-threaded, so ``runs_in_workers``: the embed pass's worker processes
+  each load it and embed their own chips (both cores busy instead of one).
 - dlib runs in fp32 only; the model file is found without importing face_recognition_models
   (its ``__init__`` imports pkg_resources, which current setuptools no longer ships).
 """
@@ -49,6 +51,9 @@ DLIB_CONFIG = BackboneConfig(
 
 
 class DlibResNet(Backbone):
+    # dlib's descriptor runs on one core: the embed pass gives each worker process its own copy
+    runs_in_workers = True
+
     def __init__(self, weights=None, device="auto", precision: str = "fp32"):
         try:
             import dlib

@@ -52,7 +52,8 @@ def evaluate(store_path: Path, feature_sets: dict[str, list[str]], head: str, se
 
     store = Store(store_path)
     tasks = [a for a in ATTRIBUTES if a in store.vocabularies]
-    data = store.load(features=list(GROUPS), tasks=tasks)
+    data = store.load(features=list(dict.fromkeys(g for gs in feature_sets.values() for g in gs)),
+                      tasks=tasks)
     split = make_split(data, seed=seed, val_fraction=0.0, test_fraction=test_fraction,
                        official=False)
     train, test = data.subset(split.train), data.subset(split.test)

@@ -40,17 +40,17 @@ METRICS = ("gender_acc", "gender_acc_adults", "gender_acc_under10", "race_acc",
 
 
 def measure(store: Store, head: str, weighting: str, tmp: Path, tune: int = 0,
-            head_seed: int = 0) -> dict:
+            head_seed: int = 0, features: list[str] | None = None) -> dict:
     t0 = time.perf_counter()
     out = tmp / f"{head}-{weighting}-{tune}-{head_seed}"
     if tune:
         res = tune_store(store, TASKS, head=head, tuner="random" if head == "mlp" else "bayes",
                          trials=tune, directory=tmp / f"search-{head}-{weighting}", out=out,
-                         class_weighting=weighting, overwrite=True)
+                         class_weighting=weighting, overwrite=True, features=features)
     else:
         # the split is always seed 0's; head_seed only changes the head's own randomness
         res = train_store(store, TASKS, head, out=out, class_weighting=weighting, overwrite=True,
-                          params={"seed": head_seed})
+                          params={"seed": head_seed}, features=features)
     seconds = time.perf_counter() - t0
     bundle = load_bundle(res.bundle)
     data = store.load(features=list(bundle.features), tasks=TASKS)

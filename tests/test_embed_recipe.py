@@ -132,3 +132,61 @@ def test_bad_backbone_lists_are_one_line_errors(fixtures_dir, tmp_path):
         embed_images(paths, "dlib.resnet,dlib.resnet")
     with pytest.raises(ConfigError, match="2 backbones"):
         embed_images(paths, TWO, weights="a,b,c")
+
+
+WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights"
+FOAMLIU = WEIGHTS / "mobilefacenet-foamliu.onnx"
+PADDLE = WEIGHTS / "mobilefacenet-arcface-paddle.onnx"
+needs_weights = pytest.mark.skipif(not FOAMLIU.is_file() or not PADDLE.is_file(),
+                                   reason=f"real MobileFaceNet weights not found in {WEIGHTS}")
+
+
+@needs_weights
+def test_real_two_backbone_bundle_scores_images_as_its_store(mtfl, tmp_path):
+    root, records, reader, _, _ = mtfl
+    embed_dataset(records, tmp_path / "s", "dlib.resnet,arcface.mobilefacenet",
+                  weights=[None, str(FOAMLIU)], workers=1, show_progress=False,
+                  vocabularies=reader.vocabularies())
+    store = Store(tmp_path / "s")
+    cfg = store.meta["recipe"]["backbones"][1]["config"]
+    assert (cfg["channel_order"], cfg["mean"], cfg["layout"]) == (
+        "RGB", [123.675, 116.28, 103.53], "NCHW")
+    res = train_store(store, "gender,smiling", "logreg", out=tmp_path / "m",
+                      features=["embedding", "arcface.mobilefacenet"])
+    bundle = load_bundle(res.bundle)
+    score_store(bundle, store, tmp_path / "store.csv")
+    score_images(bundle, sorted({r.path for r in records}), tmp_path / "images.csv")
+    a = {(r["path"], r["face"]): r for r in csv.DictReader(open(tmp_path / "store.csv"))}
+    b = {(r["path"], r["face"]): r for r in csv.DictReader(open(tmp_path / "images.csv"))}
+    assert a.keys() == b.keys()
+    for k, r in a.items():
+        assert r["gender"] == b[k]["gender"]
+        for col in r:
+            if "_p_" in col and r[col]:
+                assert abs(float(r[col]) - float(b[k][col])) <= 1e-4, (k, col)
+
+
+@needs_weights
+def test_arcface_onnx_bundle_scores_images_and_follows_moved_weights(mtfl, tmp_path):
+    import shutil
+
+    root, records, reader, _, _ = mtfl
+    model = tmp_path / "w" / "user-model.onnx"
+    model.parent.mkdir()
+    shutil.copy(PADDLE, model)
+    embed_dataset(records, tmp_path / "s", "arcface.onnx", weights=str(model), workers=0,
+                  show_progress=False, vocabularies=reader.vocabularies())
+    store = Store(tmp_path / "s")
+    res = train_store(store, "gender", "logreg", out=tmp_path / "m")
+    bundle = load_bundle(res.bundle)
+    paths = sorted({r.path for r in records})[:6]
+    s = score_images(bundle, paths, tmp_path / "a.csv")  # the recorded file, found by its hash
+    assert s["scored"] >= 5
+    moved = tmp_path / "elsewhere.onnx"
+    model.rename(moved)
+    with pytest.raises(ConfigError, match="--weights"):
+        score_images(bundle, paths, tmp_path / "b.csv")
+    score_images(bundle, paths, tmp_path / "b.csv", weights=str(moved))
+    assert (tmp_path / "a.csv").read_text() == (tmp_path / "b.csv").read_text()
+    with pytest.raises(BundleError, match=store.meta["weights_sha256"]):
+        score_images(bundle, paths, tmp_path / "c.csv", weights=str(FOAMLIU))

@@ -114,3 +114,23 @@ def test_existing_out_needs_overwrite(bundles):
         save_bundle(res.model, res.bundle)
     save_bundle(res.model, res.bundle, overwrite=True)
     load_bundle(res.bundle)
+
+
+@pytest.mark.parametrize("kind", ["logreg", "mlp"])
+def test_group_order_survives_the_bundle(tmp_path, kind):
+    """bundle.json is written with sorted keys: a head fitted on groups (zeta, alpha) of equal
+    width must still concatenate them as zeta, alpha after loading (two 128-d backbones)."""
+    from faceprobe.heads.baselines import make_head
+    from faceprobe.heads.bundle import load_bundle, save_bundle
+
+    rng = np.random.default_rng(0)
+    X = {"zeta": rng.normal(size=(300, 4)).astype(np.float32),
+         "alpha": rng.normal(size=(300, 4)).astype(np.float32)}
+    y = {"gender": (X["zeta"][:, 0] > 0).astype(np.int64)}
+    params = {"epochs": 5} if kind == "mlp" else {}
+    head = make_head(kind, tasks=["gender"], features=["zeta", "alpha"], **params)
+    head.fit(X, y, vocabularies={"gender": ["male", "female"]})
+    before = head.predict_outputs(X)["gender"]
+    loaded = load_bundle(save_bundle(head, tmp_path / "b"))
+    assert list(loaded.model.feature_groups_) == ["zeta", "alpha"]
+    np.testing.assert_allclose(loaded.predict_outputs(X)["gender"], before, atol=1e-5)

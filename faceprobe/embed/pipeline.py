@@ -18,6 +18,7 @@ Decisions:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -131,6 +132,23 @@ def decode_records(records: Sequence[FaceRecord], cfg: PrepareConfig) -> list[tu
     return out
 
 
+@contextlib.contextmanager
+def _detection_threads(detector: FaceDetector):
+    """MTCNN on a CPU runs with one intra-op thread wherever it runs (a worker, the main process
+    scoring images, the web app): its points then come out bitwise the same everywhere, so a
+    photo scored directly gets the chips its store row got (with two threads the float sums
+    differ in the last bits, which moved MobileFaceNet embeddings by ~1e-4)."""
+    if getattr(detector, "device", None) is not None and str(detector.device) != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def detect_align(decoded: list[tuple[dict, object]], cfg: PrepareConfig,
                  detector: FaceDetector) -> list[dict]:
     """Rows (one per chosen face; failed images keep their single row) with ``chip`` set."""
@@ -141,7 +159,8 @@ def detect_align(decoded: list[tuple[dict, object]], cfg: PrepareConfig,
         imgs = [img for _, img in todo]
         lms = [row["landmarks_dataset"] if use_lm else None for row, _ in todo]
         try:
-            found = detector.locate(imgs, lms)
+            with _detection_threads(detector):
+                found = detector.locate(imgs, lms)
         except Exception:  # noqa: BLE001 - retry one by one so only the culprit fails
             found = []
             for img, lm in zip(imgs, lms, strict=True):
@@ -221,6 +240,14 @@ def _worker_embed(rows: list[dict], cfg: PrepareConfig) -> list[dict]:
             for g in groups:
                 pre[g if k == 0 else name] = feats[g][i]
     return rows
+
+
+def _preload_for_workers(cfg: PrepareConfig, backbones: Sequence[Backbone]) -> None:
+    """Build the detector and the backbones the workers run here, before the workers fork, so
+    each inherits them instead of importing facenet-pytorch (~2 s) and loading models itself."""
+    _detector(cfg)
+    for k, name, weights, precision, _ in cfg.in_workers:
+        _WORKER_BACKBONES.setdefault((name, weights, precision), backbones[k])
 
 
 def prepare_records(records: Sequence[FaceRecord], cfg: PrepareConfig, detect: bool = True):
@@ -516,6 +543,8 @@ def embed_dataset(records: Iterable[FaceRecord], out: str | os.PathLike, backbon
                        dynamic_ncols=True)
         embedder = _Embedder(bbs, groups, batch_size)
         main_detector = None if detect_in_workers else _detector(cfg)
+        if chunks and detect_in_workers and workers > 0:
+            _preload_for_workers(cfg, bbs)
         remaining = {i: min(shard_size, len(records) - i * shard_size) for i in pending}
         shard_rows: dict[int, list[dict]] = {i: [] for i in pending}
         try:

@@ -43,6 +43,7 @@ from faceprobe.heads.common import (
     check_number,
     class_weights,
     concat_features,
+    feature_groups_of,
     features_of,
     present,
     resolve_tasks,
@@ -279,7 +280,7 @@ class SklearnHead(HeadMixin):
         head.tasks_ = list(state["tasks"])
         head.outputs_ = list(state["tasks"])
         head.vocabularies_ = dict(state["vocabularies"])
-        head.feature_groups_ = {k: int(v) for k, v in state["feature_groups"].items()}
+        head.feature_groups_ = feature_groups_of(state)
         head.class_weights_ = dict(state.get("class_weights", {}))
         head.fit_seconds_ = dict(state.get("fit_seconds", {}))
         if "age_scale" in state:

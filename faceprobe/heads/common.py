@@ -71,6 +71,18 @@ def features_of(X: Mapping[str, np.ndarray], features: Sequence[str] | None) -> 
     return groups
 
 
+def feature_groups_of(state: Mapping) -> dict[str, int]:
+    """A saved head's feature groups in the order it concatenated them when fitted. bundle.json
+    is written with sorted keys, so the ``feature_groups`` mapping comes back alphabetical; the
+    ``params['features']`` list keeps the fit order (with two groups of equal width, e.g. two
+    128-d backbones, the alphabetical order silently swapped them)."""
+    dims = {str(k): int(v) for k, v in state["feature_groups"].items()}
+    order = list((state.get("params") or {}).get("features") or dims)
+    if sorted(order) != sorted(dims):
+        order = list(dims)
+    return {g: dims[g] for g in order}
+
+
 def concat_features(X: Mapping[str, np.ndarray], groups: Sequence[str]) -> np.ndarray:
     arrs = [np.asarray(X[g], dtype=np.float32) for g in groups]
     return arrs[0] if len(arrs) == 1 else np.concatenate(arrs, axis=1)

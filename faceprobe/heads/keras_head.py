@@ -54,6 +54,7 @@ from faceprobe.heads.common import (
     check_choice,
     check_number,
     class_weights,
+    feature_groups_of,
     features_of,
     fit_scaler,
     present,
@@ -395,7 +396,7 @@ class KerasHead(HeadMixin):
         head.tasks_ = list(state["tasks"])
         head.outputs_ = list(state["outputs"])
         head.vocabularies_ = dict(state["vocabularies"])
-        head.feature_groups_ = {k: int(v) for k, v in state["feature_groups"].items()}
+        head.feature_groups_ = feature_groups_of(state)
         head.scalers_ = dict(state["scalers"])
         head.class_weights_ = dict(state.get("class_weights", {}))
         head.history_ = dict(state.get("history", {}))

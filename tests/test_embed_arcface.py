@@ -144,6 +144,9 @@ def test_config_round_trip_and_old_manifests():
             BackboneConfig.from_dict(old).layout) == ("RGB", "NCHW")
     with pytest.raises(ConfigError, match="colour"):
         BackboneConfig.from_dict({**configs[0].as_dict(), "colour": "RGB"})
+    with pytest.raises(ConfigError, match="lacks input_size"):
+        BackboneConfig.from_dict({k: v for k, v in configs[0].as_dict().items()
+                                  if k != "input_size"})
 
 
 def test_sidecar_json_sets_conventions(tmp_path):
@@ -342,8 +345,9 @@ def test_batched_equals_single_and_raw_preprocessing(name, lfw_chips):
 
 @pytest.mark.parametrize("name", list(MODELS))
 def test_lfw_same_identity_closer_than_different(name, lfw_chips):
-    from faceprobe.data.lfw import read_pairs
     from sklearn.metrics import roc_auc_score
+
+    from faceprobe.data.lfw import read_pairs
 
     bb = real_backbone(name)
     names, chips = lfw_chips

@@ -22,9 +22,13 @@ Decisions:
   otherwise the original graph is kept and fed in chunks of its fixed batch. ``weights_sha256``
   is the file's on disk, not the edited bytes'.
 - onnxruntime runs with every usable core (``os.sched_getaffinity``) and all graph optimisations.
-  Measured on this 2-core machine (foamliu, 1,024 chips, ~1.2 ms of model per chip): the per-chip
-  loop 571 chips/s, batches of 64 on the dynamic graph 1,001 chips/s (1.75x); outputs equal
-  per-chip ones within 1.5e-6 (paddle: 4.6e-7) on LFW chips.
+  Measured on this machine: 2 cores shared with another job (load 2-4), 512-1,024 LFW chips,
+  best of 4-6 rounds, chips/s. foamliu: the original fixed graph fed chip by chip 376 (222 at load
+  3.8), the dynamic graph in batches of 64 344 (307 at load 3.8); paddle (dynamic already): batch
+  1 97-133, batch 64 135-146. Batching gains 1.1-1.4x under load, about nothing for foamliu with
+  a free core (its per-chip convolutions are already as fast). Batched outputs equal per-chip ones
+  exactly (max abs diff 0.0 on the 15 LFW fixture chips, both models), and equal the original file
+  run by hand with the documented preprocessing within 3e-7.
 - A registered model's default file must have the pinned sha256 (its conventions were measured on
   that file); another export of it is used on purpose with ``weights=FILE``.
 - fp32 only: an fp16 ONNX export carries its own precision, onnxruntime does not cast.
@@ -156,7 +160,32 @@ def _session(model, device):
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
+    # idle intra-op threads must not spin: in the embed pass this process shares the cores with
+    # the MTCNN worker processes, and spinning threads starve them (measured under load: a
+    # per-image MTCNN call went from ~0.5 s to ~2.4 s beside a spinning session)
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(model, sess_options=opts, providers=providers)
+
+
+def cached_dynamic_batch_model(path: str | os.PathLike) -> bytes:
+    """:func:`dynamic_batch_model`, kept in ``$FACEPROBE_HOME/cache`` under the file's sha256:
+    editing needs ``import onnx`` (~1 s, mostly ml_dtypes) on every start otherwise."""
+    from faceprobe.embed.backbones.base import faceprobe_home
+
+    cache = faceprobe_home() / "cache" / f"{file_sha256(path)}.dynamic-batch.onnx"
+    try:
+        return cache.read_bytes()
+    except OSError:
+        pass
+    data = dynamic_batch_model(path)
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, cache)
+    except OSError:  # a read-only home only costs the edit next time
+        pass
+    return data
 
 
 def dynamic_batch_model(path: str | os.PathLike) -> bytes:
@@ -174,7 +203,7 @@ def dynamic_batch_model(path: str | os.PathLike) -> bytes:
     inits = {t.name: t for t in graph.initializer}
     inputs = [i for i in graph.input if i.name not in inits]
     dim0 = inputs[0].type.tensor_type.shape.dim[0]
-    if not dim0.HasField("dim_value"):
+    if not dim0.HasField("dim_value") or dim0.dim_value <= 0:
         return model.SerializeToString()  # already dynamic
     fixed = int(dim0.dim_value)
     dim0.Clear()
@@ -208,6 +237,13 @@ def dynamic_batch_model(path: str | os.PathLike) -> bytes:
         name = f"{node.input[1]}__faceprobe_dynamic_{k}"
         graph.initializer.append(numpy_helper.from_array(new.astype(shape.dtype), name))
         node.input[1] = name
+    # drop the constants the edits left unused (onnxruntime would warn about each)
+    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    for n in [n for n in graph.node if n.op_type == "Constant" and n.output[0] not in used]:
+        graph.node.remove(n)
+    for t in [t for t in graph.initializer if t.name not in used]:
+        if t.name not in {i.name for i in graph.input}:
+            graph.initializer.remove(t)
     return model.SerializeToString()
 
 
@@ -276,7 +312,7 @@ class ArcFaceOnnx(Backbone):
         size = self.config.input_size
         chips = np.random.default_rng(0).integers(0, 256, (fixed + 2, size, size, 3), np.uint8)
         try:
-            session = _session(dynamic_batch_model(path), self.device)
+            session = _session(cached_dynamic_batch_model(path), self.device)
             x = to_model_input(chips, self.config, self.layout)
             got = np.asarray(session.run([self.output_name], {self.input_name: x})[0], np.float32)
             want = self._run(chips)
@@ -292,7 +328,7 @@ class ArcFaceOnnx(Backbone):
         self.session, self.fixed_batch = session, None
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
-        x = to_model_input(batch, dataclasses.replace(self.config, mean=127.5, std=127.5), self.layout)
+        x = to_model_input(batch, self.config, self.layout)
         n, step = len(x), self.fixed_batch
         if step is None:
             out = self.session.run([self.output_name], {self.input_name: x})[0]

@@ -12,7 +12,7 @@ import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -139,6 +139,10 @@ class BackboneConfig:
                 kw[k] = int(kw[k])
         if kw.get("margin") is not None:
             kw["margin"] = float(kw["margin"])
+        missing = [f.name for f in fields(cls) if f.name not in kw
+                   and f.default is MISSING and f.default_factory is MISSING]
+        if missing:
+            raise ConfigError(f"backbone config lacks {', '.join(missing)}")
         return cls(**kw)
 
 

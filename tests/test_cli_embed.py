@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from faceprobe.cli import main
@@ -76,3 +77,30 @@ def test_sigkill_then_rerun_gives_every_image_once(tmp_path):
     paths = sorted(str(p) for p in LFW.rglob("*.jpg"))
     assert sorted(d.path.tolist()) == paths  # every image exactly once
     assert store.info()["complete"]
+
+
+def test_two_backbones_from_the_cli_and_add_one_later(tmp_path, capsys):
+    """`--backbone a,b` (weights by position), `store info` shows each group's preprocessing,
+    `--add-features NAME` adds a backbone, `verify --feature NAME` compares in its space."""
+    _need_lfw()
+    pytest.importorskip("dlib")
+    two, one = tmp_path / "two", tmp_path / "one"
+    common = ["--root", str(LFW), "--workers", "0", "--no-progress"]
+    assert main(["embed", "lfw", *common, "--out", str(two), "--backbone",
+                 "dlib.resnet,facenet.vggface2", "--weights", ",random"]) == 0
+    assert main(["store", "info", str(two)]) == 0
+    text = capsys.readouterr().out
+    assert "group      facenet.vggface2: facenet.vggface2" in text and "(x-127.5)/128" in text
+    assert main(["embed", "lfw", *common, "--out", str(one), "--backbone", "dlib.resnet"]) == 0
+    assert main(["embed", "lfw", *common, "--out", str(one), "--backbone", "dlib.resnet",
+                 "--add-features", "facenet.vggface2", "--weights", "random"]) == 0
+    assert "added facenet.vggface2" in capsys.readouterr().out
+    a, b = Store(one), Store(two)
+    assert a.feature_dims == b.feature_dims == {"embedding": 128, "facenet.vggface2": 512}
+    x = a.load(features=("facenet.vggface2",), tasks=()).X["facenet.vggface2"]
+    y = b.load(features=("facenet.vggface2",), tasks=()).X["facenet.vggface2"]
+    cos = (x * y).sum(1) / np.linalg.norm(x, axis=1) / np.linalg.norm(y, axis=1)
+    assert cos.min() > 0.9999
+    assert main(["verify", str(one), "--pairs", str(LFW / "pairs.txt"), "--feature",
+                 "facenet.vggface2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["feature"] == "facenet.vggface2"

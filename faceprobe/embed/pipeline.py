@@ -295,8 +295,15 @@ def _iter_chunks(chunks, cfg, detect, workers):
     yield from loader
 
 
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def default_workers() -> int:
-    return max(1, min(8, os.cpu_count() or 1))
+    return max(1, min(8, _cores()))
 
 
 def make_backbones(backbone, weights=None, device="auto", precision="fp32") -> list[Backbone]:
@@ -545,6 +552,9 @@ def embed_dataset(records: Iterable[FaceRecord], out: str | os.PathLike, backbon
         main_detector = None if detect_in_workers else _detector(cfg)
         if chunks and detect_in_workers and workers > 0:
             _preload_for_workers(cfg, bbs)
+            for b in bbs:  # the cores the detection workers leave free
+                if b.yields_cores:
+                    b.set_threads(max(1, _cores() - workers))
         remaining = {i: min(shard_size, len(records) - i * shard_size) for i in pending}
         shard_rows: dict[int, list[dict]] = {i: [] for i in pending}
         try:
@@ -564,6 +574,8 @@ def embed_dataset(records: Iterable[FaceRecord], out: str | os.PathLike, backbon
         finally:
             if bar is not None:
                 bar.close()
+            for b in bbs:
+                b.set_threads(None)
     seconds = time.perf_counter() - t0
     return {
         "store": str(out), "backbone": ",".join(b.name for b in bbs), "precision": bb.precision,

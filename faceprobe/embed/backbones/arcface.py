@@ -149,14 +149,14 @@ def _threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _session(model, device):
+def _session(model, device, threads: int | None = None):
     import onnxruntime as ort
 
     providers = ["CPUExecutionProvider"]
     if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
         providers.insert(0, "CUDAExecutionProvider")
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = _threads()
+    opts.intra_op_num_threads = threads or _threads()
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
@@ -292,6 +292,7 @@ class ArcFaceOnnx(Backbone):
             template=tuple(map(tuple, scaled_template(ARCFACE_TEMPLATE, 112, size).tolist())),
             margin=0.0, feature_dims={}, layout=layout,
             channel_order=conv.get("channel_order", spec.channel_order))
+        self._model = str(path)  # what the session was made from, to remake it (set_threads)
         if self.fixed_batch is not None:
             self._make_dynamic(path)
         out_shape = self.session.get_outputs()[0].shape
@@ -312,7 +313,8 @@ class ArcFaceOnnx(Backbone):
         size = self.config.input_size
         chips = np.random.default_rng(0).integers(0, 256, (fixed + 2, size, size, 3), np.uint8)
         try:
-            session = _session(cached_dynamic_batch_model(path), self.device)
+            model = cached_dynamic_batch_model(path)
+            session = _session(model, self.device)
             x = to_model_input(chips, self.config, self.layout)
             got = np.asarray(session.run([self.output_name], {self.input_name: x})[0], np.float32)
             want = self._run(chips)
@@ -325,7 +327,12 @@ class ArcFaceOnnx(Backbone):
                         path, fixed, type(exc).__name__, str(exc).strip().splitlines()[0]
                         if str(exc).strip() else "")
             return
-        self.session, self.fixed_batch = session, None
+        self.session, self.fixed_batch, self._model = session, None, model
+
+    def set_threads(self, n: int | None) -> None:
+        if n != self.threads:
+            super().set_threads(n)
+            self.session = _session(self._model, self.device, self.threads)
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         x = to_model_input(batch, self.config, self.layout)

@@ -317,6 +317,16 @@ class Backbone:
                 out[g][s:s + batch_size] = part[g]
         return out
 
+    threads: int | None = None  # intra-op threads in this process; None = every core
+    # whether the embed pass may shrink ``threads`` to the cores its detection workers leave
+    yields_cores = True
+
+    def set_threads(self, n: int | None) -> None:
+        """Run on ``n`` intra-op threads (None: every core). The embed pass gives the backbone
+        the cores its detection workers leave free: two workers plus a 2-thread backbone on 2
+        cores ran at 57 images/s, with a 1-thread backbone at 100 (MobileFaceNet, 600 LFW)."""
+        self.threads = None if n is None else max(1, int(n))
+
     def embed(self, faces, batch_size: int = 64, show_progress_bar: bool = False) -> np.ndarray:
         """(n, embedding_dim) float32, L2-normalised; one row per face."""
         return self.features(faces, ("embedding",), batch_size, show_progress_bar)["embedding"]

@@ -1,7 +1,7 @@
 """Head quality on real dlib embeddings of UTKFace (issue 4 acceptance numbers).
 
 Usage: python bench/quality_utkface.py STORE [--heads mlp,svm,logreg,knn] [--tune 20] [--seeds 5]
-                                           [--json OUT]
+                                           [--features embedding] [--json OUT]
 
 STORE is made with:
     faceprobe embed utkface --root ../shared/data/utkface --out STORE --backbone dlib.resnet \
@@ -81,9 +81,12 @@ def main() -> None:
     ap.add_argument("--tune", type=int, default=0, help="also tune each head with N trials")
     ap.add_argument("--seeds", type=int, default=1,
                     help="train the seeded heads (mlp, hgb) with N head seeds; print their mean")
+    ap.add_argument("--features", help="feature groups to use, comma-separated (default: every "
+                    "group in the store; `embedding` is dlib's)")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
     store = Store(args.store)
+    features = [f.strip() for f in args.features.split(",")] if args.features else None
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         runs = [(h, w, n) for n in ([0, args.tune] if args.tune else [0])
@@ -91,7 +94,7 @@ def main() -> None:
                 for w in (("inverse",) if args.no_unweighted else ("inverse", "none"))]
         for head, w, n in runs:
             seeds = range(args.seeds if head in SEEDED and not n else 1)
-            got = [measure(store, head, w, Path(tmp), n, k) for k in seeds]
+            got = [measure(store, head, w, Path(tmp), n, k, features) for k in seeds]
             if len(got) > 1:
                 got.append({**{m: float(np.mean([r[m] for r in got])) for m in METRICS},
                             "head": f"{head} (mean of {len(got)} seeds)", "seed": None,

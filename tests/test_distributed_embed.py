@@ -84,6 +84,36 @@ def test_ray_engine_matches_local_engine(tmp_path, ray_session):
     assert again["shards_written"] == 0 and again["shards_skipped"] == 3
 
 
+def test_align_override_on_ray_matches_local_engine(tmp_path, ray_session):
+    """`--align similarity` through the CLI glue (no longer refused): the actors apply it, so the
+    embeddings and the manifest equal the local engine's."""
+    import argparse
+
+    from faceprobe.embed.distributed import add_engine_arguments, run_embed
+
+    recs = _records(4)
+    kw = {"shard_size": 2, "batch_size": 2, "show_progress": False, "device": "cpu",
+          "backbone": BACKBONE, "align": "similarity"}
+    p = argparse.ArgumentParser()
+    add_engine_arguments(p)
+    local = run_embed(p.parse_args([]), recs, out=tmp_path / "local", workers=0, **kw)
+    dist = run_embed(p.parse_args(["--engine", "ray", "--actors", "1"]), recs,
+                     out=tmp_path / "ray", **kw)
+    assert dist["engine"] == "ray" and dist["status"] == local["status"]
+    ma, mb = Store(tmp_path / "local").meta, Store(tmp_path / "ray").meta
+    assert ma["backbone_config"]["alignment"] == "similarity"
+    assert {k: ma.get(k) for k in _RESUME_KEYS} == {k: mb.get(k) for k in _RESUME_KEYS}
+    assert ma["recipe"] == mb["recipe"] and ma["alignment"] == mb["alignment"]
+    a = Store(tmp_path / "local").load(usable_only=False).X["embedding"]
+    b = Store(tmp_path / "ray").load(usable_only=False).X["embedding"]
+    ok = ~np.isnan(a[:, 0])
+    assert ok.sum() == 4 and np.array_equal(ok, ~np.isnan(b[:, 0]))
+    assert (1 - _cos(a[ok], b[ok])).max() < 1e-5
+    # either engine resumes the other's aligned store
+    again = run_embed(p.parse_args(["--engine", "ray"]), recs, out=tmp_path / "local", **kw)
+    assert again["shards_written"] == 0 and again["shards_skipped"] == 2
+
+
 def test_failing_shards_are_retried_then_recorded_as_errors(tmp_path, ray_session):
     import shutil
 

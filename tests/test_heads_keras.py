@@ -96,16 +96,99 @@ def test_expected_age_from_age_group(data):
 
 
 def test_weighting_raises_minority_recall(data):
+    """On a 9:1 skewed task the unweighted head mostly answers the majority class; inverse
+    weighting must raise balanced accuracy clearly (about 0.61 -> 0.78 here over seeds 0-2), so
+    a loss that ignored the weights fails."""
     from sklearn.metrics import balanced_accuracy_score
 
     (X, y), (Xt, yt) = data
+    g = y["gender"]
+    keep = (g == 0) | (np.arange(len(g)) % 12 == 0)  # one in 12 of the gender-1 rows
+    Xs, ys = {"embedding": X["embedding"][keep]}, {"gender": g[keep]}
+    assert ys["gender"].mean() < 0.15
     scores = {}
     for cw in ("inverse", "none"):
-        pred = KerasHead(tasks=["race"], class_weighting=cw, **FAST).fit((X, y)).predict(Xt)
-        scores[cw] = balanced_accuracy_score(yt["race"], pred["race"])
-    assert scores["inverse"] >= scores["none"] - 0.01
+        head = KerasHead(tasks=["gender"], class_weighting=cw, **FAST).fit((Xs, ys))
+        scores[cw] = balanced_accuracy_score(yt["gender"], head.predict(Xt)["gender"])
+    assert head.class_weights_["gender"] == [1.0, 1.0]
+    assert scores["inverse"] >= scores["none"] + 0.08, scores
 
 
+def _capture_torch_net(monkeypatch):
+    """Keep the torch module fit() trains before its weights are copied into Keras."""
+    from faceprobe.heads import keras_head
+
+    nets = []
+    real = keras_head._copy_weights
+
+    def spy(net, model, head):
+        nets.append(net)
+        return real(net, model, head)
+
+    monkeypatch.setattr(keras_head, "_copy_weights", spy)
+    return nets
+
+
+@pytest.mark.parametrize("norm,hidden,age_mode", [("batch", (32, 16), "expected"),
+                                                  ("layer", (24,), "regression"),
+                                                  ("none", (), "regression")])
+def test_keras_model_reproduces_the_torch_trained_network(monkeypatch, tmp_path, norm, hidden,
+                                                          age_mode):
+    """Training runs in torch and _copy_weights moves the weights into the Keras model: Keras'
+    own predict (and the saved, reloaded model.keras) must give the torch module's outputs on
+    real rows, two feature groups each standardised on its own."""
+    import keras
+    import torch
+
+    from faceprobe.heads.keras_head import _standardised
+
+    nets = _capture_torch_net(monkeypatch)
+    a = synthetic_arrays(800, 12, seed=5, noise=0.8)
+    X = {"embedding": a["X"], "extra": a["X"][:, :4] * 7 - 3}
+    head = KerasHead(tasks=TASKS, hidden=hidden, norm=norm, age_mode=age_mode, epochs=8,
+                     features=["embedding", "extra"], seed=1).fit((X, {t: a[t] for t in TASKS}))
+    (net,) = nets
+    b = synthetic_arrays(300, 12, seed=6, noise=0.8)
+    Xt = {"embedding": b["X"], "extra": b["X"][:, :4] * 7 - 3}
+    net.eval()
+    with torch.no_grad():
+        logits = net(torch.from_numpy(_standardised(head, Xt)))
+    want = {t: (z.numpy() if t == "age" else torch.softmax(z, 1).numpy())
+            for t, z in zip(head.outputs_, logits, strict=True)}
+    head.model_.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras", safe_mode=True)
+    for model in (head.model_, loaded):
+        got = model.predict(Xt, verbose=0)
+        for t in head.outputs_:
+            assert got[t].shape == want[t].shape
+            np.testing.assert_allclose(got[t], want[t], rtol=1e-4, atol=1e-5, err_msg=t)
+
+
+def test_saved_model_declares_the_l2_the_training_applied(monkeypatch, tmp_path, data):
+    """Training adds weight_decay * sum(W**2) over _decayed_kernels (every Linear: trunk and
+    output heads); the saved model must declare L2(weight_decay) on exactly those Dense layers."""
+    import keras
+
+    from faceprobe.heads.keras_head import _decayed_kernels
+
+    (X, y), _ = data
+    nets = _capture_torch_net(monkeypatch)
+    head = KerasHead(tasks=TASKS, weight_decay=3e-3,
+                     **{**FAST, "hidden": (32, 16), "epochs": 2}).fit((X, y))
+    head.model_.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras", safe_mode=True)
+    dense = [layer for layer in loaded.layers if isinstance(layer, keras.layers.Dense)]
+    trained = sorted(tuple(k.shape)[::-1] for k in _decayed_kernels(nets[0]))
+    declared = sorted(tuple(layer.kernel.shape) for layer in dense
+                      if layer.kernel_regularizer is not None)
+    assert declared == trained and len(declared) == len(dense) == 3 + 2
+    for layer in dense:
+        reg = layer.kernel_regularizer
+        assert isinstance(reg, keras.regularizers.L2), layer.name
+        assert reg.l2 == pytest.approx(3e-3), layer.name
+    plain = KerasHead(tasks=TASKS, weight_decay=0.0, **{**FAST, "epochs": 1}).fit((X, y))
+    assert all(layer.kernel_regularizer is None for layer in plain.model_.layers
+               if isinstance(layer, keras.layers.Dense))
 @pytest.mark.parametrize("norm,hidden", [("batch", (32, 16)), ("none", ()), ("layer", (8,))])
 def test_fused_inference_matches_the_keras_model(norm, hidden):
     a = synthetic_arrays(500, 6, seed=2)

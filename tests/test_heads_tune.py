@@ -2,10 +2,12 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from faceprobe.errors import ConfigError
 from faceprobe.heads.bundle import load_bundle
+from faceprobe.heads.keras_head import KerasHead
 from faceprobe.heads.synthetic import write_synthetic_store
 from faceprobe.heads.tune import FINGERPRINT, tune_store
 
@@ -93,3 +95,115 @@ def test_same_seed_same_trials_in_a_fresh_directory(store, tmp_path, tuner):
 
     first = trials(tmp_path / "a")
     assert len(first) == 3 and first == trials(tmp_path / "b")
+
+
+def test_bayes_search_runs_past_its_random_initial_points(store, tmp_path, monkeypatch):
+    """The Bayesian step must actually propose trials: 5 random initial points, then 3 from the
+    Gaussian process (fewer trials than initial points would never reach it). Reproducible too."""
+    import keras_tuner as kt
+
+    from faceprobe.heads.tune import PROJECT
+
+    oracle = kt.oracles.BayesianOptimizationOracle
+    calls = {"random": 0, "populate": 0}
+    real_random, real_populate = oracle._random_populate_space, oracle.populate_space
+
+    def random_spy(self):
+        calls["random"] += 1
+        return real_random(self)
+
+    def populate_spy(self, trial_id):
+        calls["populate"] += 1
+        return real_populate(self, trial_id)
+
+    monkeypatch.setattr(oracle, "_random_populate_space", random_spy)
+    monkeypatch.setattr(oracle, "populate_space", populate_spy)
+
+    def trials(d):
+        res = tune_store(store, "gender,race", head="logreg", tuner="bayes", trials=8,
+                         directory=d, seed=0)
+        assert res.trials == 8
+        return [json.loads(f.read_text())["hyperparameters"]["values"]
+                for f in sorted((d / PROJECT).glob("trial_*/trial.json"))]
+
+    first = trials(tmp_path / "a")
+    assert calls == {"random": 5, "populate": 8}, calls  # 3 trials came from the GP step
+    assert first == trials(tmp_path / "b")
+
+
+def test_mlp_trials_train_as_the_refit_does(store, tmp_path):
+    """A trial's fit and the refit's first fit are one training (batch size, patience, epochs,
+    seed), so the refit's validation score is the best trial's score, not a different model's."""
+    from faceprobe.heads.tune import PROJECT
+
+    res = tune_store(store, "gender,race", head="mlp", tuner="random", trials=2,
+                     directory=tmp_path / "d", max_epochs=12)
+    # a fresh search starts from the untuned head, so tuning cannot end below it on validation
+    first = json.loads((tmp_path / "d" / PROJECT / "trial_0" / "trial.json").read_text())
+    assert first["hyperparameters"]["values"] == {"depth": 1, "width": 256, "dropout": 0.3,
+                                                  "lr": 1e-3, "lw_gender": 1.0, "lw_race": 1.0}
+    assert res.best_score >= first["score"]
+    refit_val = np.mean([res.metrics["tasks"][t]["balanced_accuracy"] for t in ("gender", "race")])
+    assert refit_val == pytest.approx(res.best_score, abs=1e-9)
+    assert res.model.batch_size == KerasHead().batch_size
+    assert res.model.patience == KerasHead().patience
+
+
+def test_the_keras_tuner_internals_tune_patches_are_still_there(tmp_path):
+    """tune.py replaces or reads private keras-tuner names (pyproject pins the tested range). If
+    this fails after a keras-tuner upgrade, re-check _atomic_json_writes, _requeue_orphans,
+    _serve_oracle, _PatientStub and HeadTuner against the new release before widening the pin."""
+    import inspect
+    from importlib.metadata import version
+
+    import keras_tuner as kt
+    from keras_tuner.src import protos, utils
+    from keras_tuner.src.distribute import oracle_chief, oracle_client
+    from keras_tuner.src.engine import stateful
+
+    def params(f):
+        return list(inspect.signature(f).parameters)
+
+    problems = []
+
+    def expect(ok, what):
+        if not ok:
+            problems.append(what)
+
+    expect(params(utils.save_json) == ["path", "obj"], "keras_tuner.src.utils.save_json(path, obj)")
+    expect("utils.save_json(" in inspect.getsource(stateful.Stateful.save),
+           "keras_tuner.src.engine.stateful.Stateful.save writes through utils.save_json")
+    hp = kt.HyperParameters()
+    hp.Float("x", 0.0, 1.0)
+    oracle = kt.oracles.RandomSearchOracle(objective=kt.Objective("score", "max"),
+                                           max_trials=2, hyperparameters=hp, seed=1)
+    oracle._set_project_dir(str(tmp_path), "p")
+    expect(isinstance(getattr(oracle, "_retry_queue", None), list), "Oracle._retry_queue (list)")
+    expect(isinstance(getattr(oracle, "ongoing_trials", None), dict), "Oracle.ongoing_trials")
+    expect(isinstance(getattr(oracle, "tuner_ids", None), set), "Oracle.tuner_ids")
+    first = oracle.create_trial("w")
+    expect(oracle.create_trial("w").trial_id == first.trial_id,
+           "Oracle.create_trial returns a tuner's ongoing trial again (retried calls rely on it)")
+    expect(params(oracle_chief.OracleServicer.__init__) == ["self", "oracle"],
+           "oracle_chief.OracleServicer(oracle)")
+    expect("stop_triggered" in vars(oracle_chief.OracleServicer(oracle)),
+           "OracleServicer.stop_triggered")
+    # exit_chief is wrapped (no signature to read): call it; trial 0 is still running
+    expect(oracle_chief.exit_chief(oracle) is False, "oracle_chief.exit_chief(oracle) -> bool")
+    expect(hasattr(protos.get_service_grpc(), "add_OracleServicer_to_server"),
+           "protos.get_service_grpc().add_OracleServicer_to_server")
+    client = inspect.getsource(oracle_client.OracleClient)
+    expect("self.stub = " in client and "timeout=" in client,
+           "OracleClient keeps its gRPC stub as .stub and passes timeout= to it")
+    base = kt.engine.base_tuner.BaseTuner
+    for name, args in {"run_trial": ["self", "trial", "fit_args", "fit_kwargs"],
+                       "on_trial_end": ["self", "trial"],
+                       "save_model": ["self", "trial_id", "model", "step"],
+                       "load_model": ["self", "trial"], "_populate_initial_space": ["self"],
+                       "get_trial_dir": ["self", "trial_id"], "_is_worker": ["self"]}.items():
+        f = getattr(base, name, None)
+        expect(f is not None and params(f) == args, f"BaseTuner.{name}({', '.join(args[1:])})")
+    expect("num_initial_points" in params(kt.oracles.BayesianOptimizationOracle.__init__),
+           "BayesianOptimizationOracle(num_initial_points=...)")
+    assert not problems, (f"keras-tuner {version('keras-tuner')} changed internals that "
+                          "faceprobe.heads.tune relies on: " + "; ".join(problems))

@@ -94,3 +94,14 @@ def test_celeba_groups_by_male_and_young_without_duplicating_gender():
     vocab = {"gender": ["male", "female"], "Male": ["no", "yes"], "Young": ["no", "yes"]}
     groups = demographic_groups(y, vocab)
     assert set(groups) == {"Male", "Young", "Male x Young"}
+
+
+def test_labels_outside_the_classes_are_a_clear_error_not_an_index_error():
+    import pytest
+
+    from faceprobe.errors import ConfigError
+
+    y = np.array([0, 1, 6, 3])  # a 7-class store's codes against a 5-class head
+    proba = np.full((4, 5), 0.2)
+    with pytest.raises(ConfigError, match="do not fit the 5 classes"):
+        classification_metrics(y, proba, list("abcde"), n_boot=5)

@@ -41,6 +41,9 @@ def register(subparsers) -> None:
     _common(p)
     p.add_argument("--head", choices=HEADS, default="mlp",
                    help="mlp (multi-output Keras head, default) or a scikit-learn baseline")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bars (per epoch for mlp, per task for the others; the "
+                        "summary line of each fit is still printed)")
     p.set_defaults(func=cmd_train)
 
     p = subparsers.add_parser("tune", help="search head hyperparameters (resumable) and save the best",
@@ -53,8 +56,9 @@ def register(subparsers) -> None:
                    help="search strategy (hyperband: mlp only)")
     p.add_argument("--trials", type=int, default=20, help="total number of trials (default 20)")
     p.add_argument("--dir", required=True, help="search directory; reused to resume")
-    p.add_argument("--max-epochs", type=int, default=30,
-                   help="epoch budget of one mlp trial (default 30)")
+    p.add_argument("--max-epochs", type=int, default=200,
+                   help="epoch cap of an mlp trial and of its refit, both early-stopped with "
+                        "the head's patience (default 200, the head's own)")
     p.add_argument("--role", choices=("chief", "worker"), default=None,
                    help="distributed search: the chief serves trials at --oracle and refits the "
                         "best into --out; workers run trials (same command, shared --dir)")
@@ -80,17 +84,40 @@ def register(subparsers) -> None:
                         "were (their sha256 must match the bundle's)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help="images only: where the backbones run")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (rows scored for a store; images embedded and rows "
+                        "scored for images)")
     p.set_defaults(func=cmd_score)
 
-    p = subparsers.add_parser("evaluate", help="metrics of a model bundle on a store split",
-                              description="Per task: accuracy, balanced accuracy, per-class "
-                                          "precision/recall/F1, kappa, confusion matrix, ROC AUC; "
-                                          "age MAE/RMSE/CS5; 95%% bootstrap intervals; metrics per "
-                                          "demographic group. --report writes an HTML report.")
+    p = subparsers.add_parser(
+        "evaluate", help="metrics of a model bundle on a store split",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Per task: accuracy, balanced accuracy, per-class precision/recall/F1, "
+                    "kappa, confusion matrix,\nROC AUC; age MAE/RMSE/CS5; 95% bootstrap "
+                    "intervals; metrics per demographic group.\n--report writes an HTML report. "
+                    "The output says which rows were used and why.\n\n"
+                    "Rows: on the bundle's training store (same records_sha256 or path as "
+                    "recorded in the\nbundle) its recorded test split; on any other store every "
+                    "usable row labelled for an\nevaluated task (none of them were trained on).\n\n"
+                    "Tasks: a task whose class vocabulary in the store differs from the bundle's "
+                    "(e.g. race:\nUTKFace's 5 classes, FairFace's 7) is skipped with the reason, "
+                    "unless --map declares how\nthe store's classes map onto the bundle's, e.g.\n"
+                    "  --map 'race=East Asian:Asian,Southeast Asian:Asian,"
+                    "Latino_Hispanic:Others,Middle Eastern:Others'\n"
+                    "Store classes not named keep their name (White, Black, Indian); CLASS:- "
+                    "leaves that class's\nrows out of the task. Or a JSON file: "
+                    "{\"race\": {\"East Asian\": \"Asian\", \"Middle Eastern\": null}}.")
     p.add_argument("model", metavar="MODEL", help="model bundle directory")
     p.add_argument("store", metavar="STORE", help="embedding store directory")
-    p.add_argument("--split", choices=("test", "val", "train", "all"), default="test",
-                   help="rows to evaluate on (default test, as recorded in the bundle)")
+    p.add_argument("--split", choices=("test", "val", "train", "all"), default=None,
+                   help="rows to evaluate on (default: the recorded test split on the bundle's "
+                        "training store, every labelled row on another store; there test/val/"
+                        "train is the store's official split if its dataset has one)")
+    p.add_argument("--map", action="append", default=None, dest="label_map",
+                   metavar="TASK=STORE_CLASS:BUNDLE_CLASS,...|FILE.json",
+                   help="how the store's classes of TASK correspond to the bundle's (repeat per "
+                        "task; CLASS:- leaves a class out; a JSON file {TASK: {STORE_CLASS: "
+                        "BUNDLE_CLASS}} for names with ',' or ':')")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.add_argument("--report", metavar="DIR",
                    help="write index.html (self-contained), metrics.json and summary.md here")
@@ -104,11 +131,7 @@ def cmd_train(args) -> int:
     _log(f"training {args.head} on {args.store}")
     res = train_store(args.store, args.tasks, args.head, out=args.out, features=_features(args.features),
                       class_weighting=args.class_weighting, seed=args.seed,
-                      overwrite=args.overwrite, log=_log)
-    secs = getattr(res.model, "fit_seconds_", None)
-    if isinstance(secs, dict):
-        secs = sum(secs.values())
-    _log(f"fitted in {secs:.1f}s" if secs is not None else "fitted")
+                      overwrite=args.overwrite, log=_log, show_progress=not args.no_progress)
     print("validation metrics:")
     print(format_metrics(res.metrics))
     print(f"saved {res.bundle}")
@@ -148,25 +171,34 @@ def cmd_score(args) -> int:
 
     bundle = load_bundle(args.model)
     first = Path(args.inputs[0])
+    show = not args.no_progress
     if len(args.inputs) == 1 and (first / MANIFEST).exists():
-        res = score_store(bundle, first, args.out, batch_size=args.batch_size)
+        res = score_store(bundle, first, args.out, batch_size=args.batch_size,
+                          show_progress=show)
     else:
         res = score_images(bundle, args.inputs, args.out, weights=args.weights,
-                           device=args.device)
+                           device=args.device, show_progress=show)
+    for task, why in (res.get("labels_not_comparable") or {}).items():
+        print(f"note: {task}: the store's labels are not comparable with the predictions ({why})"
+              "; the predictions use the bundle's classes (no true labels are written)")
     print(f"wrote {res['out']}: {res['rows']} rows ({res['scored']} scored, {res['failed']} "
           f"without a usable face) in {res['seconds']:.1f}s, {res['rows_per_s']:,.0f} rows/s")
     return 0
 
 
 def cmd_evaluate(args) -> int:
-    from faceprobe.heads.evaluate import format_metrics
+    from faceprobe.heads.evaluate import format_metrics, parse_label_map
     from faceprobe.report.build import evaluate_to_report
 
-    res = evaluate_to_report(args.model, args.store, args.report, split=args.split)
+    res = evaluate_to_report(args.model, args.store, args.report, split=args.split,
+                             label_map=parse_label_map(args.label_map))
     if args.json:
         print(json.dumps(res, indent=1, default=str))
     else:
-        print(f"{res['head']} on {res['store']} ({res['split']}: {res['rows_described']})")
+        print(f"{res['head']} on {res['store']}")
+        print(f"rows used: {res['rows_used']}, split {res['split']}: {res['split_description']}")
+        for note in res.get("notes") or ():
+            print(f"note: {note}")
         print(format_metrics(res))
         if args.report:
             print(f"report: {res['report']}")

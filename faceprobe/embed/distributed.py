@@ -97,14 +97,14 @@ def record_from_dict(d: dict) -> FaceRecord:
                       split=d.get("split"))
 
 
-def _backbone_spec(bb, weights) -> dict:
+def _backbone_spec(bb, weights, align: str | None = None) -> dict:
     """How an actor rebuilds the driver's backbone (an object with dlib/ONNX handles inside is
-    not portable; its name, weights and precision are)."""
+    not portable; its name, weights, precision and ``--align`` override are)."""
     if weights is None or not isinstance(weights, str | os.PathLike):
         weights = "random" if str(bb.weights_sha256).startswith("random-seed") else \
             getattr(bb, "weights_path", None)
     return {"name": bb.name, "weights": None if weights is None else str(weights),
-            "precision": bb.precision, "weights_sha256": bb.weights_sha256}
+            "precision": bb.precision, "weights_sha256": bb.weights_sha256, "align": align}
 
 
 def _fault(records: Sequence[FaceRecord]) -> str | None:
@@ -129,6 +129,9 @@ class ShardEmbedder:
         torch.set_num_threads(max(1, int(threads)))  # fixed per process, as in the local engine
         self.bb = create_backbone(spec["name"], weights=spec["weights"], device=device,
                                   precision=spec["precision"])
+        if spec.get("align"):  # --align: the same override the local engine applies
+            from faceprobe.embed.pipeline import with_alignment
+            self.bb.config = with_alignment(self.bb.config, spec["align"])
         if self.bb.weights_sha256 != spec["weights_sha256"]:
             raise WeightsError(
                 f"{spec['name']} weights on this node (sha256 {self.bb.weights_sha256}) differ "
@@ -233,14 +236,21 @@ def embed_dataset_ray(records: Iterable[FaceRecord], out: str | os.PathLike, bac
                       resume: bool = True, overwrite: bool = False, show_progress: bool = True,
                       vocabularies: dict | None = None, dataset: str | None = None,
                       root: str | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-                      repair: bool = False) -> dict:
+                      repair: bool = False, align: str | None = None) -> dict:
     """``embed_dataset`` on Ray: same store, same rows, same summary keys (plus ``engine``,
-    ``actors``, ``retried_shards``, ``lost_shards``); ``repair`` as there. ``workers`` is
-    accepted and ignored (each actor is one process); ``device`` only chooses where the driver
-    builds the backbone to read its metadata: actors use CUDA exactly when ``gpus_per_actor`` > 0.
+    ``actors``, ``retried_shards``, ``lost_shards``); ``repair`` and ``align`` as there (each
+    actor applies the ``align`` override to the backbone it builds). ``workers`` is accepted and
+    ignored (each actor is one process); ``device`` only chooses where the driver builds the
+    backbone to read its metadata: actors use CUDA exactly when ``gpus_per_actor`` > 0.
     ``num_cpus`` sizes the private Ray started when ``address`` is None (default: all CPUs)."""
     from faceprobe.embed.backbones.base import Backbone
-    from faceprobe.embed.pipeline import _check_options, build_meta, make_backbones, prepare_config
+    from faceprobe.embed.pipeline import (
+        _check_options,
+        build_meta,
+        make_backbones,
+        prepare_config,
+        with_alignment,
+    )
     from faceprobe.embed.store import StoreWriter
 
     ray = _import_ray()
@@ -264,12 +274,14 @@ def embed_dataset_ray(records: Iterable[FaceRecord], out: str | os.PathLike, bac
                           f"{','.join(b.name for b in bbs)}, or add the others afterwards with "
                           "--add-features NAME")
     bb = bbs[0]
+    if align is not None:  # before the manifest is built, so it records the override
+        bb.config = with_alignment(bb.config, align)
     groups = _check_options(multi_face, no_face, landmarks, features, bbs)
     prepare = {"multi_face": multi_face, "no_face": no_face, "min_face_size": min_face_size,
                "landmarks": landmarks, "max_pixels": max_pixels}
     cfg = prepare_config(bbs, groups, **prepare)
     meta = build_meta(records, bbs, cfg, groups, shard_size, vocabularies, dataset, root)
-    spec = _backbone_spec(bb, weights)
+    spec = _backbone_spec(bb, weights, align)
 
     t0 = time.perf_counter()
     status: Counter = Counter()
@@ -424,9 +436,6 @@ def run_embed(args: argparse.Namespace, records: Iterable[FaceRecord], **kwargs)
         return embed_dataset(records, **kwargs)
     if engine != "ray":
         raise ConfigError(f"--engine {engine!r}; choose one of {', '.join(ENGINES)}")
-    if kwargs.get("align"):
-        raise ConfigError("--align is not supported with --engine ray yet; use the backbone's "
-                          "default alignment or the local engine")
     return embed_dataset_ray(records, address=getattr(args, "address", None),
                              actors=getattr(args, "actors", None),
                              gpus_per_actor=getattr(args, "gpus_per_actor", 0.0) or 0.0,

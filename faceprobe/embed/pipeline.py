@@ -278,8 +278,46 @@ class _Chunks(torch.utils.data.Dataset):
             return shard, len(recs), rows
 
 
-def _worker_init(_):
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int | None) -> None:
+    """In a worker: be SIGKILLed when the parent dies (a ``kill -9`` or the OOM killer gives the
+    parent no chance to stop its workers, which would live on re-parented to init). Linux only;
+    the signal is tied to the thread that forked the worker, the one iterating the loader. A
+    parent that died between the fork and the ``prctl`` is caught by its changed ppid."""
+    import ctypes
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    if parent is not None and os.getppid() != parent:
+        os._exit(1)
+
+
+def _worker_init(_, parent: int | None = None):
+    # the store lock's fd was already closed here by store.py's at-fork hook
+    _die_with_parent(parent)
     torch.set_num_threads(1)
+
+
+def _loader(ds, workers: int):
+    """A DataLoader whose worker processes end with this process (see ``_die_with_parent``)."""
+    import functools
+    import multiprocessing as mp
+
+    # forked workers are this process's children; under spawn/forkserver (not faceprobe's
+    # default, but a user may set it) their parent differs, so their ppid cannot be checked
+    method = mp.get_start_method(allow_none=True) or mp.get_all_start_methods()[0]
+    parent = os.getpid() if method == "fork" else None
+    return torch.utils.data.DataLoader(
+        ds, batch_size=None, shuffle=False, num_workers=workers, prefetch_factor=4,
+        worker_init_fn=functools.partial(_worker_init, parent=parent),
+        collate_fn=lambda x: x, persistent_workers=False,
+    )
 
 
 def _iter_chunks(chunks, cfg, detect, workers):
@@ -288,11 +326,7 @@ def _iter_chunks(chunks, cfg, detect, workers):
         for i in range(len(ds)):
             yield ds[i]
         return
-    loader = torch.utils.data.DataLoader(
-        ds, batch_size=None, shuffle=False, num_workers=workers, prefetch_factor=4,
-        worker_init_fn=_worker_init, collate_fn=lambda x: x, persistent_workers=False,
-    )
-    yield from loader
+    yield from _loader(ds, workers)
 
 
 def _cores() -> int:
@@ -788,9 +822,7 @@ def add_features(out: str | os.PathLike, groups: Sequence[str], *, backbone: str
         if workers <= 0:
             results = (ds[k] for k in range(len(ds)))
         else:
-            results = torch.utils.data.DataLoader(
-                ds, batch_size=None, shuffle=False, num_workers=workers, prefetch_factor=4,
-                worker_init_fn=_worker_init, collate_fn=lambda x: x, persistent_workers=False)
+            results = _loader(ds, workers)
         try:
             for shard, n, feats in results:
                 if isinstance(feats, str):

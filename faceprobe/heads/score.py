@@ -20,11 +20,19 @@ Decisions:
   Paths that need CSV quoting are quoted (checked once per batch on the joined text).
 - Parquet is written batch by batch with pyarrow when it is installed; asking for ``.parquet``
   without it is refused before any work is done.
+- ``show_progress`` draws a tqdm bar on stderr: rows scored for a store; images embedded (rows
+  scored as its postfix) for image files, which are embedded and scored ``batch_size`` (256)
+  images at a time so the bar moves (embedding is the slow part).
+- Scoring only predicts, so a store whose label vocabulary differs from the bundle's (FairFace's
+  7 races against a UTKFace bundle's 5) is scored all the same; the result lists the tasks whose
+  true labels are not comparable with the predictions (``labels_not_comparable``, by
+  ``heads.evaluate.align_tasks``), and the CLI prints them. No true labels are written.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -200,12 +208,21 @@ class _Batch:
     status: np.ndarray
     face: np.ndarray
 
+    images: int | None = None  # image files behind these rows (when scoring images)
+
     def __len__(self) -> int:
         return len(self.path)
 
 
+def _bar(show: bool, total: int, unit: str, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit=unit, desc=desc, disable=not show, file=sys.stderr,
+                dynamic_ncols=True)
+
+
 def _score_batches(bundle: Any, batches: Iterable[_Batch], out: Path,
-                   progress: Callable[[int], None] | None) -> dict[str, Any]:
+                   progress: Callable[[int], None] | None, bar: Any = None) -> dict[str, Any]:
     cols = _Columns(bundle)
     groups = list(bundle.features)
     writer = _Writer(out, cols)
@@ -228,17 +245,31 @@ def _score_batches(bundle: Any, batches: Iterable[_Batch], out: Path,
             scored += int(usable.sum())
             if progress:
                 progress(len(d))
+            if bar is not None:
+                bar.update(len(d) if d.images is None else d.images)
+                if d.images is not None:
+                    bar.set_postfix(rows=rows, scored=scored, refresh=False)
         ok = True
     finally:
         writer.close(ok)
+        if bar is not None:
+            bar.close()
     secs = time.perf_counter() - start
     return {"out": str(out), "rows": rows, "scored": scored, "failed": rows - scored,
             "seconds": secs, "rows_per_s": rows / secs if secs > 0 else float("inf")}
 
 
+def labels_not_comparable(bundle: Any, store: Store) -> dict[str, str]:
+    """Tasks the store has labels for that cannot be compared with the bundle's predictions
+    (their class vocabularies differ), each with the reason."""
+    from faceprobe.heads.evaluate import align_tasks
+
+    return dict(align_tasks(bundle, store.vocabularies).mismatched)
+
+
 def score_store(bundle: Any, store: Store | str | os.PathLike, out: str | os.PathLike, *,
-                batch_size: int | None = None, progress: Callable[[int], None] | None = None
-                ) -> dict[str, Any]:
+                batch_size: int | None = None, progress: Callable[[int], None] | None = None,
+                show_progress: bool = False) -> dict[str, Any]:
     """Score every row of ``store`` (failed rows included, with empty predictions) into ``out``.
 
     Shards are read by ``Store.iter_columns`` (only features, path, status and face; text kept
@@ -248,6 +279,10 @@ def score_store(bundle: Any, store: Store | str | os.PathLike, out: str | os.Pat
     store = store if isinstance(store, Store) else Store(store)
     bundle.check_store(store)
     groups = list(bundle.features)
+    not_comparable = labels_not_comparable(bundle, store)
+    bar = None
+    if show_progress:
+        bar = _bar(True, sum(s["rows"] for s in store.shard_stats()), "row", "score")
 
     def batches():
         for sh in store.iter_columns(groups, ("path", "status", "face")):
@@ -259,7 +294,9 @@ def score_store(bundle: Any, store: Store | str | os.PathLike, out: str | os.Pat
                              status=sh.columns["status"][lo:lo + step],
                              face=sh.columns["face"][lo:lo + step])
 
-    return _score_batches(bundle, batches(), out, progress)
+    res = _score_batches(bundle, batches(), out, progress, bar)
+    res["labels_not_comparable"] = not_comparable
+    return res
 
 
 def expand_images(inputs: Sequence[str | os.PathLike]) -> list[str]:
@@ -300,9 +337,9 @@ def _rows_batch(rows: list[dict], groups: dict[str, int], backbone: str) -> _Bat
 
 
 def score_images(bundle: Any, paths: Sequence[str | os.PathLike], out: str | os.PathLike, *,
-                 batch_size: int = 4096, progress: Callable[[int], None] | None = None,
+                 batch_size: int = 256, progress: Callable[[int], None] | None = None,
                  weights: Any = None, device: str = "auto", workers: int = 0,
-                 embed_batch_size: int = 64) -> dict[str, Any]:
+                 embed_batch_size: int = 64, show_progress: bool = False) -> dict[str, Any]:
     """Embed image files exactly as the bundle's training store was embedded (its recipe:
     backbones, weights, preprocessing, alignment, detection policy, feature groups), then score
     them like store rows. ``weights``: the backbones' files when the recorded ones moved."""
@@ -323,8 +360,14 @@ def score_images(bundle: Any, paths: Sequence[str | os.PathLike], out: str | os.
 
     def batches():
         for lo in range(0, len(files), batch_size):
-            rows = embed_images(files[lo:lo + batch_size], backbones, features=tuple(groups),
+            chunk = files[lo:lo + batch_size]
+            rows = embed_images(chunk, backbones, features=tuple(groups),
                                 batch_size=embed_batch_size, workers=workers, **options)
-            yield _rows_batch(rows, groups, bundle.backbone)
+            batch = _rows_batch(rows, groups, bundle.backbone)
+            batch.images = len(chunk)
+            yield batch
 
-    return _score_batches(bundle, batches(), out, progress)
+    bar = _bar(True, len(files), "img", "embed+score") if show_progress else None
+    res = _score_batches(bundle, batches(), out, progress, bar)
+    res["images"] = len(files)
+    return res

@@ -1,8 +1,13 @@
 """``faceprobe evaluate MODEL STORE --report DIR``: metrics, fairness, plots, one HTML page.
 
 Decisions:
-- The rows evaluated are chosen by ``heads.evaluate.select_rows``: the bundle's recorded split
-  re-derived on the store (refused when the store's rows changed since training), or ``all``.
+- The rows and tasks evaluated are chosen by ``heads.evaluate.choose_rows``: on the bundle's
+  training store its recorded test split re-derived (refused when the store's rows changed since
+  training); on another store every labelled row; ``split`` names one explicitly. Tasks whose
+  class vocabulary differs from the bundle's are skipped with the reason (listed in the JSON
+  under ``skipped`` and in a report section), unless a label map declares how they correspond.
+- True labels are compared in the bundle's class codes; the per-group (fairness) breakdowns use
+  the store's own labels, so a mapped task is still broken down by the store's classes.
 - Headline metrics carry 95% bootstrap intervals; per-group numbers are listed for every group but
   the "gap" only uses groups with >= 10 rows.
 """
@@ -20,38 +25,36 @@ from faceprobe.report import metrics as M
 N_WORST = 12
 
 
-def evaluate(bundle, store: Store, split: str = "test", n_boot: int = 500) -> tuple[dict, dict]:
-    """(metrics, context) where context keeps the arrays the plots need."""
-    from faceprobe.heads.common import task_labels
-    from faceprobe.heads.evaluate import select_rows
+def evaluate(bundle, store: Store, split: str | None = None, n_boot: int = 500,
+             label_map: dict | None = None) -> tuple[dict, dict]:
+    """(metrics, context) where context keeps the arrays the plots need. ``split`` None: the
+    test split on the training store, every labelled row on another (``choose_rows``)."""
+    from faceprobe.heads.evaluate import choose_rows, result_header
 
-    sub, described = select_rows(bundle, store, split)
+    choice = choose_rows(bundle, store, split, label_map)
+    sub = choice.data
     outputs = bundle.predict_outputs({g: sub.X[g] for g in bundle.features})
-    if "age_group" in bundle.tasks and "age_group" not in sub.y and AGE in sub.y:
-        sub.y["age_group"] = task_labels("age_group", sub.y)  # derived from age, as in training
-    vocab = store.vocabularies
-    groups = M.demographic_groups(sub.y, vocab)
-    out: dict = {"split": split, "rows": int(len(sub)), "rows_described": described,
-                 "bundle": str(bundle.path), "head": bundle.kind, "backbone": bundle.backbone,
-                 "features": bundle.features, "store": str(store.path), "tasks": {},
-                 "fairness": {}}
-    for task in bundle.tasks:
-        if task not in sub.y:
-            continue
+    truth = choice.truth()  # in the bundle's codes (age_group derived from age, as in training)
+    groups = M.demographic_groups(sub.y, store.vocabularies)
+    out: dict = result_header(choice, store, bundle)
+    out.update({"backbone": bundle.backbone, "features": bundle.features, "tasks": {},
+                "fairness": {}})
+    for task in choice.alignment.tasks:
+        y = truth[task]
         if task == AGE:
-            out["age"] = M.regression_metrics(sub.y[task], outputs[task], n_boot=n_boot)
+            out["age"] = M.regression_metrics(y, outputs[task], n_boot=n_boot)
             out["tasks"][task] = out["age"]  # also under tasks, as `evaluate --json` promises
-            out["fairness"][task] = M.fairness(task, sub.y[task], outputs[task], groups)
         else:
             out["tasks"][task] = M.classification_metrics(
-                sub.y[task], outputs[task], bundle.vocabularies[task], n_boot=n_boot)
-            out["fairness"][task] = M.fairness(task, sub.y[task], outputs[task], groups)
-    return out, {"data": sub, "outputs": outputs, "bundle": bundle}
+                y, outputs[task], bundle.vocabularies[task], n_boot=n_boot)
+            if task in choice.alignment.notes:
+                out["tasks"][task]["labels"] = choice.alignment.notes[task]
+        out["fairness"][task] = M.fairness(task, y, outputs[task], groups)
+    return out, {"data": sub, "outputs": outputs, "bundle": bundle, "truth": truth}
 
 
-def _worst(task, sub, outputs, vocab, n=N_WORST):
+def _worst(task, y, outputs, vocab, n=N_WORST):
     """Rows with the most confident wrong answers (largest age errors for age)."""
-    y = sub.y[task]
     if task == AGE:
         keep = np.isfinite(y)
         err = np.where(keep, np.abs(outputs[task] - np.nan_to_num(y)), -1)
@@ -90,12 +93,19 @@ def write_report(metrics: dict, context: dict, out_dir: str | Path, *, title: st
     from faceprobe.report.html import Markup, ReportWriter, fmt_ci, img, markdown_table, table
 
     sub, outputs, bundle = context["data"], context["outputs"], context["bundle"]
+    truth = context.get("truth") or sub.y
     w = ReportWriter(
         title or f"faceprobe report: {Path(str(bundle.path)).name}",
         f"head {metrics['head']} on {metrics['backbone']} ({', '.join(metrics['features'])}); "
-        f"store {metrics['store']}; {metrics['rows']} rows, {metrics['rows_described']}")
+        f"store {metrics['store']}; {metrics['rows']} rows: {metrics['rows_described']}")
     for heading, body_html in extra_sections:
         w.section(heading, body_html)
+    notes = [[t, why] for t, why in (metrics.get("label_notes") or {}).items()]
+    notes += [[t, f"skipped: {why}"] for t, why in (metrics.get("skipped") or {}).items()]
+    notes += [["", n] for n in metrics.get("notes") or ()]
+    if notes:
+        w.section("Rows and tasks", table(["task", "note"], notes),
+                  markdown_table(["task", "note"], notes))
     head = ["task", "n", "accuracy [95% CI]", "balanced acc. [95% CI]", "macro F1", "kappa",
             "ROC AUC"]
     rows, md_rows = [], []
@@ -122,7 +132,7 @@ def write_report(metrics: dict, context: dict, out_dir: str | Path, *, title: st
 
     for task, m in classification.items():
         vocab = m["classes"]
-        y, proba = sub.y[task], outputs[task]
+        y, proba = truth[task], outputs[task]
         figs = [img(plots.confusion_matrix_png(m["confusion_matrix"], vocab, f"{task}: confusion"),
                     f"{task} confusion matrix")]
         if np.isfinite(m["roc_auc"]):
@@ -138,7 +148,7 @@ def write_report(metrics: dict, context: dict, out_dir: str | Path, *, title: st
         grp = table(["age group", "n", "MAE"], [[g, v["n"], v["mae"]]
                                                 for g, v in a["mae_per_age_group"].items()])
         w.section("Task: age", grp + img(plots.age_scatter_png(
-            sub.y[AGE], outputs[AGE], "predicted vs. true age"), "age scatter"))
+            truth[AGE], outputs[AGE], "predicted vs. true age"), "age scatter"))
 
     fair_html, fair_md = "", []
     for task, f in metrics["fairness"].items():
@@ -166,7 +176,7 @@ def write_report(metrics: dict, context: dict, out_dir: str | Path, *, title: st
     grids = []
     for task in list(classification) + (["age"] if "age" in metrics else []):
         vocab = bundle.vocabularies.get(task)
-        picks = _worst(task, sub, outputs, vocab)
+        picks = _worst(task, truth[task], outputs, vocab)
         thumbs, caps = [], []
         for i, cap in picks:
             t = _thumb(sub.path[i], sub.box[i])
@@ -181,13 +191,13 @@ def write_report(metrics: dict, context: dict, out_dir: str | Path, *, title: st
     return w.write(out_dir, metrics)
 
 
-def evaluate_to_report(bundle_path, store_path, out_dir=None, split: str = "test",
-                       n_boot: int = 500) -> dict:
+def evaluate_to_report(bundle_path, store_path, out_dir=None, split: str | None = None,
+                       n_boot: int = 500, label_map: dict | None = None) -> dict:
     from faceprobe.heads.bundle import load_bundle
 
     bundle = load_bundle(bundle_path)
     store = Store(store_path)
-    metrics, ctx = evaluate(bundle, store, split=split, n_boot=n_boot)
+    metrics, ctx = evaluate(bundle, store, split=split, n_boot=n_boot, label_map=label_map)
     if out_dir is not None:
         metrics["report"] = str(write_report(metrics, ctx, out_dir))
     return metrics

@@ -85,7 +85,7 @@ def run_demo(out: str | Path = "reports/demo", *, trials: int = 6, log=None) -> 
     tuned = out / "models" / "mlp-tuned"
     if not (tuned / "bundle.json").exists():
         tune_store(store, list(TASKS), head="mlp", tuner="random", trials=trials,
-                   directory=out / "search", out=tuned, max_epochs=30, overwrite=True)
+                   directory=out / "search", out=tuned, max_epochs=200, overwrite=True)
     bundles["mlp-tuned"] = tuned
     timings["tune"] = time.perf_counter() - t0 - timings["embed"] - timings["train"]
 

@@ -20,6 +20,7 @@ import numpy as np
 from sklearn import metrics as skm
 
 from faceprobe.data.vocab import AGE_GROUPS, age_group
+from faceprobe.errors import ConfigError
 
 DEMOGRAPHIC_TASKS = ("gender", "race", "age_group", "Male", "Young")
 CI_LEVEL = 0.95
@@ -71,6 +72,12 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray, classes: Seque
     k = len(classes)
     if len(y) == 0:
         return {"n": 0}
+    if y.max() >= k or p.ndim != 2 or p.shape[1] != k:
+        # labels in another vocabulary than the predictions' (heads.evaluate.align_tasks maps
+        # them first); a clear error rather than an IndexError deep in the ROC code
+        raise ConfigError(f"true labels (codes up to {int(y.max())}) or probabilities "
+                          f"({p.shape[-1]} columns) do not fit the {k} classes "
+                          f"{', '.join(map(str, classes))}; match the vocabularies first")
     pred = p.argmax(axis=1)
     labels = list(range(k))
     with warnings.catch_warnings():

@@ -39,7 +39,7 @@ from faceprobe.embed.backbones import Backbone, BackboneConfig, create_backbone
 from faceprobe.embed.backbones.base import resolve_device
 from faceprobe.embed.detect import MULTI_FACE_POLICIES, NO_FACE_POLICIES, FaceDetector
 from faceprobe.embed.images import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
-from faceprobe.embed.recipe import make_recipe, parse_backbones, parse_weights
+from faceprobe.embed.recipe import backbone_entry, make_recipe, parse_backbones, parse_weights
 from faceprobe.errors import ConfigError, StoreError
 
 CHUNK = 16  # records per worker task: enough same-size images for one MTCNN batch
@@ -367,8 +367,6 @@ def _check_options(multi_face, no_face, landmarks, features, backbones: Sequence
         raise ConfigError(f"no_face={no_face!r}; choose one of {', '.join(NO_FACE_POLICIES)}")
     if landmarks not in LANDMARK_MODES:
         raise ConfigError(f"landmarks={landmarks!r}; choose one of {', '.join(LANDMARK_MODES)}")
-    if isinstance(backbones, Backbone):
-        backbones = [backbones]
     first, *rest = backbones
     others = [bb.name for bb in rest]
     groups = tuple(dict.fromkeys(["embedding", *[g for g in features if g not in others],
@@ -381,8 +379,6 @@ def _check_options(multi_face, no_face, landmarks, features, backbones: Sequence
 
 
 def _group_dims(backbones: Sequence[Backbone], groups) -> dict[str, int]:
-    if isinstance(backbones, Backbone):
-        backbones = [backbones]
     dims = {bb.name: bb.config.embedding_dim for bb in backbones[1:]}
     dims.update(extra_features.EXTRA_DIMS)
     dims.update(backbones[0].config.feature_dims)
@@ -791,10 +787,7 @@ def add_features(out: str | os.PathLike, groups: Sequence[str], *, backbone: str
                 **{bb.name: int(bb.config.embedding_dim) for bb in added}}
     prov = {**store.meta.get("feature_provenance", {}), **extra_features.provenance(extra)}
     recipe = recipe_of(store.meta)
-    recipe["backbones"] = [*recipe["backbones"], *[{
-        "name": bb.name, "group": bb.name, "weights_sha256": bb.weights_sha256,
-        "weights": bb.weights_path, "precision": bb.precision, "config": bb.config.as_dict(),
-    } for bb in added]]
+    recipe["backbones"] = [*recipe["backbones"], *[backbone_entry(bb, bb.name) for bb in added]]
     recipe["extra_features"] = [*recipe.get("extra_features", []), *extra]
     workers = default_workers() if workers is None else max(0, int(workers))
     with StoreWriter.open(out, old_meta, resume=True) as writer:

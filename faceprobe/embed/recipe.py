@@ -69,8 +69,11 @@ def parse_weights(weights: Any, n: int) -> list[Any]:
     return items
 
 
-def group_name(index: int, backbone_name: str) -> str:
-    return PRIMARY_GROUP if index == 0 else backbone_name
+def backbone_entry(backbone: Any, group: str) -> dict:
+    """What the recipe records of one backbone that fills ``group``."""
+    return {"name": backbone.name, "group": group, "weights_sha256": backbone.weights_sha256,
+            "weights": backbone.weights_path, "precision": backbone.precision,
+            "config": backbone.config.as_dict()}
 
 
 def make_recipe(backbones: Sequence[Any], *, multi_face: str, no_face: str,
@@ -78,11 +81,8 @@ def make_recipe(backbones: Sequence[Any], *, multi_face: str, no_face: str,
                 extra_features: Sequence[str] = ()) -> dict:
     return {
         "version": RECIPE_VERSION,
-        "backbones": [{
-            "name": bb.name, "group": group_name(i, bb.name),
-            "weights_sha256": bb.weights_sha256, "weights": bb.weights_path,
-            "precision": bb.precision, "config": bb.config.as_dict(),
-        } for i, bb in enumerate(backbones)],
+        "backbones": [backbone_entry(bb, PRIMARY_GROUP if i == 0 else bb.name)
+                      for i, bb in enumerate(backbones)],
         "detection": {"detector": "mtcnn", "multi_face": multi_face, "no_face": no_face,
                       "min_face_size": min_face_size, "landmarks": landmarks,
                       "max_pixels": max_pixels},
@@ -115,11 +115,6 @@ def recipe_of(meta: Mapping[str, Any]) -> dict:
                       "landmarks": landmarks, "max_pixels": None},
         "extra_features": [g for g in (meta.get("features") or {}) if g in EXTRA_DIMS],
     }
-
-
-def backbone_groups(recipe: Mapping[str, Any]) -> dict[str, str]:
-    """group -> backbone name, for the embedding group of every backbone."""
-    return {b["group"]: b["name"] for b in recipe["backbones"]}
 
 
 def detection_options(recipe: Mapping[str, Any]) -> dict:

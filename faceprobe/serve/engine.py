@@ -3,7 +3,8 @@
 Decisions:
 - Everything heavy is built once, in ``create_app``: the bundle, its backbones (rebuilt from the
   training store's recipe: same weights, preprocessing, alignment and detection settings; other
-  weights are refused, their embeddings would be other numbers), MTCNN (warmed up on a blank image), the store table and the gallery.
+  weights are refused, their embeddings would be other numbers), MTCNN (warmed up on a blank
+  image), the store table and the gallery.
 - Uploads are scored in one pass: each file is decoded with ``load_image`` (the embed stage's
   hostile-input handling: pixel limit from the header before decoding, one-line errors), then all
   decodable files go through one ``embed_images`` call with ``multi_face='all'``, so every face is

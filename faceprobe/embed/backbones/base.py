@@ -199,7 +199,7 @@ def resolve_weights(filename: str, explicit: str | os.PathLike | None, url: str 
         if (d / filename).is_file():
             return d / filename
     looked = ", ".join(str(d) for d in (weights_dir(), *extra_dirs))
-    hint = (f"download {url or filename} on a connected machine and put it in {weights_dir()} "
+    hint = (f"download {url or filename} on a connected machine and save it as {target} "
             f"(or set FACEPROBE_HOME, or pass --weights FILE)")
     if url is None:
         raise WeightsError(f"{what} {filename} not found (looked in {looked}); {hint}")

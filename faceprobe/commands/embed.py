@@ -1,4 +1,4 @@
-"""``faceprobe embed`` (a dataset into a store) and ``faceprobe store info|verify``."""
+"""``faceprobe embed`` (a dataset into a store) and ``faceprobe store info|verify|export|import``."""
 
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ def register(subparsers) -> None:
     add_engine_arguments(p)
     p.set_defaults(func=run_embed)
 
-    s = subparsers.add_parser("store", help="inspect an embedding store",
+    s = subparsers.add_parser("store", help="inspect, export or import an embedding store",
                               description="Inspect an embedding store.")
     ssub = s.add_subparsers(dest="store_command", metavar="SUBCOMMAND")
     info = ssub.add_parser("info", help="rows by status, dimension, backbone, settings",
@@ -91,6 +91,45 @@ def register(subparsers) -> None:
     ver.add_argument("store", help="store directory")
     ver.add_argument("--json", action="store_true", help="print the report as JSON")
     ver.set_defaults(func=run_store_verify)
+    exp = ssub.add_parser(
+        "export", help="write a store's rows to Parquet (streamed) or .npz",
+        description="One row per store row: each feature group as a fixed-size float32 list, "
+                    "labels by class name (age as float; missing = null), status, path, face, "
+                    "identity, split, landmarks; the provenance as JSON under the 'faceprobe' "
+                    "key of the Parquet metadata. .npz holds everything in memory.")
+    exp.add_argument("store", help="store directory")
+    exp.add_argument("--out", required=True, help="FILE.parquet or FILE.npz")
+    exp.add_argument("--json", action="store_true", help="print the summary as JSON")
+    exp.set_defaults(func=run_store_export)
+    imp = ssub.add_parser(
+        "import", help="build a store from Parquet (or .npy + --labels CSV) embeddings",
+        description="Read embeddings and labels (streamed) into an ordinary store that train, "
+                    "evaluate, verify and identify use. Bad rows (null, wrong length, NaN/inf) "
+                    "are skipped and reported by row number (0-based); --strict stops at the "
+                    "first.")
+    imp.add_argument("file", help="FILE.parquet, or FILE.npy with --labels")
+    imp.add_argument("--out", required=True, help="store directory to create")
+    imp.add_argument("--labels", default=None, metavar="CSV",
+                     help=".npy input: a CSV with one line per row (a path column; every other "
+                          "column not path/split/identity/dataset/face/status is a label)")
+    imp.add_argument("--embedding-column", default="embedding",
+                     help="column of the 'embedding' group (default embedding)")
+    imp.add_argument("--feature", action="append", default=None, metavar="GROUP=COLUMN",
+                     help="a further feature group (repeatable; default for a faceprobe export: every "
+                          "group it holds)")
+    imp.add_argument("--label", action="append", default=None, metavar="NAME=COLUMN",
+                     help="a label task (repeatable); strings become classes (sorted), numbers a "
+                          "regression task; default: a faceprobe export's labels as exported, "
+                          "else the columns named like known tasks (gender, age, race...)")
+    imp.add_argument("--backbone-name", default=None,
+                     help="backbone recorded as provenance (default: the file's faceprobe "
+                          "metadata, else 'imported')")
+    imp.add_argument("--shard-size", type=int, default=None,
+                     help="rows per shard (default: the exported store's, else 10000)")
+    imp.add_argument("--strict", action="store_true", help="stop at the first bad row")
+    imp.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    imp.add_argument("--json", action="store_true", help="print the summary as JSON")
+    imp.set_defaults(func=run_store_import)
     s.set_defaults(func=lambda args: (s.print_help(), 2)[1])
 
 
@@ -214,6 +253,36 @@ def run_store_verify(args: argparse.Namespace) -> int:
           + ("; re-embed the damaged shards with `faceprobe embed ... --repair`"
              if report["damaged"] else ""))
     return 0 if report["ok"] else 1
+
+
+def run_store_export(args: argparse.Namespace) -> int:
+    from faceprobe.embed.exchange import export_store
+
+    res = export_store(args.store, args.out)
+    print(json.dumps(res, indent=1) if args.json else
+          f"wrote {res['out']}: {res['rows']} rows from {res['shards']} shards, features "
+          + ", ".join(f"{k} {v}" for k, v in res["features"].items())
+          + "; labels " + (", ".join(res["tasks"]) or "none"))
+    return 0
+
+
+def run_store_import(args: argparse.Namespace) -> int:
+    from faceprobe.embed.exchange import import_file
+
+    res = import_file(args.file, args.out, embedding_column=args.embedding_column,
+                      features=args.feature, labels=args.label, labels_csv=args.labels,
+                      backbone_name=args.backbone_name, strict=args.strict,
+                      shard_size=args.shard_size, overwrite=args.overwrite)
+    if res["bad_rows"]:
+        first = "; ".join(f"row {b['row']}: {b['problem']}" for b in res["bad"][:5])
+        print(f"faceprobe: skipped {res['bad_rows']} bad rows (first: {first}); --strict stops "
+              "at the first", file=sys.stderr)
+    print(json.dumps(res, indent=1) if args.json else
+          f"wrote store {res['store']}: {res['rows']} rows in {res['shards']} shards, backbone "
+          f"{res['backbone']}, features " + ", ".join(f"{k} {v}" for k, v in res["features"].items())
+          + "; labels " + (", ".join(f"{t} ({'regression' if v is None else f'{v} classes'})"
+                                     for t, v in res["tasks"].items()) or "none"))
+    return 0
 
 
 def _ranges(values: list[int]) -> str:

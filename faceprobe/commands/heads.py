@@ -73,8 +73,9 @@ def register(subparsers) -> None:
                               "embedded (backbones, weights, preprocessing, alignment, detection "
                               "policy: its recorded recipe) and score them.")
     p.add_argument("model", metavar="MODEL", help="model bundle directory")
-    p.add_argument("inputs", nargs="+", metavar="STORE|IMAGE|DIR",
-                   help="one store directory, or image files and directories of images")
+    p.add_argument("inputs", nargs="+", metavar="STORE|FILE.parquet|IMAGE|DIR",
+                   help="one store directory, one Parquet file of embeddings (a `store export` "
+                        "or a list column per feature group), or image files and directories")
     p.add_argument("--out", required=True, help="predictions file: .csv or .parquet")
     p.add_argument("--batch-size", type=int, default=None,
                    help="rows per batch for a store (default: one shard)")
@@ -167,7 +168,7 @@ def cmd_tune(args) -> int:
 def cmd_score(args) -> int:
     from faceprobe.embed.store import MANIFEST
     from faceprobe.heads.bundle import load_bundle
-    from faceprobe.heads.score import score_images, score_store
+    from faceprobe.heads.score import score_images, score_parquet, score_store
 
     bundle = load_bundle(args.model)
     first = Path(args.inputs[0])
@@ -175,6 +176,9 @@ def cmd_score(args) -> int:
     if len(args.inputs) == 1 and (first / MANIFEST).exists():
         res = score_store(bundle, first, args.out, batch_size=args.batch_size,
                           show_progress=show)
+    elif len(args.inputs) == 1 and first.suffix.lower() == ".parquet" and first.is_file():
+        res = score_parquet(bundle, first, args.out, batch_size=args.batch_size,
+                            show_progress=show)
     else:
         res = score_images(bundle, args.inputs, args.out, weights=args.weights,
                            device=args.device, show_progress=show)

@@ -299,6 +299,77 @@ def score_store(bundle: Any, store: Store | str | os.PathLike, out: str | os.Pat
     return res
 
 
+def check_parquet_provenance(bundle: Any, meta: dict, name: str) -> None:
+    """Refuse, in one line, a Parquet file whose recorded backbone or weights differ from the
+    bundle's (files without faceprobe metadata are taken as they are)."""
+    from faceprobe.errors import BundleError
+
+    theirs = meta.get("backbone")
+    if theirs and theirs != bundle.backbone:
+        raise BundleError(f"bundle {bundle.path} was trained on {bundle.backbone!r} embeddings but "
+                          f"{name} holds {theirs!r} (its faceprobe metadata); score embeddings of "
+                          "the bundle's backbone or train a bundle on these")
+    ws, ours = meta.get("weights_sha256"), (bundle.meta.get("store") or {}).get("weights_sha256")
+    if ws and ours and ws != ours:
+        raise BundleError(f"bundle {bundle.path} was trained with other {bundle.backbone} weights "
+                          f"(sha256 {ours[:12]}) than {name} ({ws[:12]}); re-embed or retrain")
+
+
+def score_parquet(bundle: Any, src: str | os.PathLike, out: str | os.PathLike, *,
+                  batch_size: int | None = None, progress: Callable[[int], None] | None = None,
+                  show_progress: bool = False) -> dict[str, Any]:
+    """Score embeddings that arrive as Parquet (a ``store export``, or any file with a list column
+    per bundle feature group), streamed batch by batch. Optional columns: ``path`` (else
+    ``row-N``), ``face``, ``status``. A row whose embedding is null, of the wrong length or not
+    finite is written with status ``error`` and empty predictions."""
+    import pyarrow.parquet as pq
+
+    from faceprobe.embed.exchange import _matrix, parquet_batch, read_meta
+
+    out = check_output(out)
+    src = Path(src)
+    try:
+        pf = pq.ParquetFile(src, pre_buffer=False)
+    except Exception as exc:  # noqa: BLE001
+        raise ConfigError(f"{src} is not a readable Parquet file ({exc})") from None
+    names = pf.schema_arrow.names
+    check_parquet_provenance(bundle, read_meta(pf.schema_arrow), src.name)
+    groups = dict(bundle.features)
+    missing = [g for g in groups if g not in names]
+    if missing:
+        raise ConfigError(f"{src.name} has no column {', '.join(map(repr, missing))} (the "
+                          f"bundle's feature groups); it has {', '.join(names[:12])}")
+    for g, dim in groups.items():
+        t = pf.schema_arrow.field(g).type
+        if getattr(t, "list_size", dim) != dim:
+            raise ConfigError(f"{src.name} column {g!r} has dimension {t.list_size}; the bundle "
+                              f"expects {dim}")
+    cols = [*groups, *(c for c in ("path", "face", "status") if c in names)]
+    bar = _bar(True, pf.metadata.num_rows, "row", "score") if show_progress else None
+
+    def batches():
+        base = 0
+        for b in pf.iter_batches(parquet_batch(pf, batch_size or 65536), columns=cols):
+            n = b.num_rows
+            ok = np.ones(n, bool)
+            X = {}
+            for g, dim in groups.items():
+                X[g], good, _ = _matrix(b.column(g), dim)
+                ok &= good
+            path = (np.array([str(p).encode() for p in b.column("path").to_pylist()], object)
+                    if "path" in names else
+                    np.array([f"row-{base + i}".encode() for i in range(n)], object))
+            status = (np.array([str(s or "ok").encode() for s in b.column("status").to_pylist()],
+                               object) if "status" in names else np.full(n, b"ok", object))
+            status[~ok & np.isin(status, _USABLE)] = b"error"
+            face = (np.asarray(b.column("face").fill_null(0).to_numpy(), np.int64)
+                    if "face" in names else np.zeros(n, np.int64))
+            base += n
+            yield _Batch(X=X, path=path, status=status, face=face)
+
+    return _score_batches(bundle, batches(), out, progress, bar)
+
+
 def expand_images(inputs: Sequence[str | os.PathLike]) -> list[str]:
     """Files as given; directories walked (sorted) for image files."""
     paths: list[str] = []

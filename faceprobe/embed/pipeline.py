@@ -41,6 +41,7 @@ from faceprobe.embed.detect import MULTI_FACE_POLICIES, NO_FACE_POLICIES, FaceDe
 from faceprobe.embed.images import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
 from faceprobe.embed.recipe import backbone_entry, make_recipe, parse_backbones, parse_weights
 from faceprobe.errors import ConfigError, StoreError
+from faceprobe.threads import torch_threads
 
 CHUNK = 16  # records per worker task: enough same-size images for one MTCNN batch
 LANDMARK_MODES = ("detect", "dataset")
@@ -138,15 +139,11 @@ def _detection_threads(detector: FaceDetector):
     scoring images, the web app): its points then come out bitwise the same everywhere, so a
     photo scored directly gets the chips its store row got (with two threads the float sums
     differ in the last bits, which moved MobileFaceNet embeddings by ~1e-4)."""
-    if getattr(detector, "device", None) is not None and str(detector.device) != "cpu":
+    if detector.device.type != "cpu":
         yield
         return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def detect_align(decoded: list[tuple[dict, object]], cfg: PrepareConfig,
@@ -218,6 +215,11 @@ def _add_extra(r: dict, img, cfg: PrepareConfig, face) -> None:
 _WORKER_BACKBONES: dict[tuple, Backbone] = {}
 
 
+def _chip(row: dict, k: int) -> np.ndarray:
+    """Backbone ``k``'s chip of a row: the first backbone's is ``chip``, the others' ``chips``."""
+    return row["chip"] if k == 0 else row["chips"][k - 1]
+
+
 def _worker_embed(rows: list[dict], cfg: PrepareConfig) -> list[dict]:
     """Run the backbones that are cheaper in the workers (``in_workers``) on this chunk's chips;
     their groups wait in ``row["pre"]`` for the main process."""
@@ -228,7 +230,7 @@ def _worker_embed(rows: list[dict], cfg: PrepareConfig) -> list[dict]:
             if key not in _WORKER_BACKBONES:  # one per worker process, built after the fork
                 _WORKER_BACKBONES[key] = create_backbone(name, weights=weights, device="cpu",
                                                          precision=precision)
-            chips = np.stack([r["chip"] if k == 0 else r["chips"][k - 1] for r in todo])
+            chips = np.stack([_chip(r, k) for r in todo])
             feats = _WORKER_BACKBONES[key].features(chips, groups, batch_size=len(todo))
         except Exception as exc:  # noqa: BLE001 - the chunk's faces fail, not the run
             for r in todo:
@@ -402,7 +404,7 @@ def _in_workers(backbones: Sequence[Backbone], groups) -> tuple:
     uses every core where one in the main process uses one) and a weights file to load there."""
     out = []
     for k, bb in enumerate(backbones):
-        if getattr(bb, "runs_in_workers", False) and bb.weights_path:
+        if bb.runs_in_workers and bb.weights_path:
             own = tuple(g for g in groups if g in bb.config.feature_dims) if k == 0 \
                 else ("embedding",)
             out.append((k, bb.name, bb.weights_path, bb.precision, own))
@@ -469,7 +471,7 @@ class _Embedder:
             if all(n in r.get("pre", {}) for r in rows for n in names):  # done in the workers
                 feats.update({n: np.stack([r["pre"][n] for r in rows]) for n in names})
                 continue
-            chips = np.stack([r["chip"] if k == 0 else r["chips"][k - 1] for r in rows])
+            chips = np.stack([_chip(r, k) for r in rows])
             part = bb.features(chips, groups, batch_size=len(rows))
             feats.update({n: part[g] for n, g in zip(names, groups, strict=True)})
         return feats

@@ -16,8 +16,8 @@ Decisions:
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import sys
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -181,16 +181,12 @@ def present(task: str, y: np.ndarray) -> np.ndarray:
     return ~np.isnan(y) if is_regression(task) else (y >= 0)
 
 
-@contextlib.contextmanager
-def torch_threads(n: int = 1) -> Iterator[None]:
-    import torch
+def progress_bar(show: bool, total: int | None, unit: str, desc: str):
+    """A tqdm bar on stderr (stdout stays clean for ``--json``), drawn only when ``show``."""
+    from tqdm.auto import tqdm
 
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
+    return tqdm(total=total, unit=unit, desc=desc, disable=not show, file=sys.stderr,
+                dynamic_ncols=True)
 
 
 class HeadMixin:

@@ -66,9 +66,9 @@ from faceprobe.heads.common import (
     present,
     resolve_tasks,
     task_labels,
-    torch_threads,
     vocab_for,
 )
+from faceprobe.threads import torch_threads
 
 HEAD = "KerasHead"
 _AGE_MIDPOINTS = [1.0, 6.0, 14.5, 24.5, 34.5, 44.5, 54.5, 64.5, 75.0]

@@ -32,7 +32,6 @@ Decisions:
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -44,7 +43,7 @@ import numpy as np
 from faceprobe.data.vocab import AGE, AGE_GROUPS
 from faceprobe.embed.store import USABLE_STATUSES, Store
 from faceprobe.errors import ConfigError
-from faceprobe.heads.common import AGE_GROUP
+from faceprobe.heads.common import AGE_GROUP, progress_bar
 
 _P_TABLE = np.array([f"{i / 10000:.4f}".encode() for i in range(10001)], dtype=object)
 _AGE_TABLE = np.array([f"{i / 10:.1f}".encode() for i in range(1501)], dtype=object)
@@ -214,13 +213,6 @@ class _Batch:
         return len(self.path)
 
 
-def _bar(show: bool, total: int, unit: str, desc: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit=unit, desc=desc, disable=not show, file=sys.stderr,
-                dynamic_ncols=True)
-
-
 def _score_batches(bundle: Any, batches: Iterable[_Batch], out: Path,
                    progress: Callable[[int], None] | None, bar: Any = None) -> dict[str, Any]:
     cols = _Columns(bundle)
@@ -282,7 +274,7 @@ def score_store(bundle: Any, store: Store | str | os.PathLike, out: str | os.Pat
     not_comparable = labels_not_comparable(bundle, store)
     bar = None
     if show_progress:
-        bar = _bar(True, sum(s["rows"] for s in store.shard_stats()), "row", "score")
+        bar = progress_bar(True, sum(s["rows"] for s in store.shard_stats()), "row", "score")
 
     def batches():
         for sh in store.iter_columns(groups, ("path", "status", "face")):
@@ -345,7 +337,7 @@ def score_parquet(bundle: Any, src: str | os.PathLike, out: str | os.PathLike, *
             raise ConfigError(f"{src.name} column {g!r} has dimension {t.list_size}; the bundle "
                               f"expects {dim}")
     cols = [*groups, *(c for c in ("path", "face", "status") if c in names)]
-    bar = _bar(True, pf.metadata.num_rows, "row", "score") if show_progress else None
+    bar = progress_bar(True, pf.metadata.num_rows, "row", "score") if show_progress else None
 
     def batches():
         base = 0
@@ -438,7 +430,7 @@ def score_images(bundle: Any, paths: Sequence[str | os.PathLike], out: str | os.
             batch.images = len(chunk)
             yield batch
 
-    bar = _bar(True, len(files), "img", "embed+score") if show_progress else None
+    bar = progress_bar(True, len(files), "img", "embed+score") if show_progress else None
     res = _score_batches(bundle, batches(), out, progress, bar)
     res["images"] = len(files)
     return res

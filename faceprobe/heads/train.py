@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from faceprobe.embed.store import Store, StoreData
 from faceprobe.errors import ConfigError
 from faceprobe.heads.baselines import make_head
 from faceprobe.heads.bundle import check_out, save_bundle
-from faceprobe.heads.common import AGE_GROUP
+from faceprobe.heads.common import AGE_GROUP, progress_bar
 from faceprobe.heads.evaluate import compute_metrics
 from faceprobe.heads.splits import Split, make_split
 
@@ -76,13 +75,6 @@ def load_rows(store: Store, tasks: Sequence[str], features: Sequence[str] | None
     return store.load(features=resolve_features(store, features), tasks=stored)
 
 
-def _bar(show: bool, total: int, unit: str, desc: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit=unit, desc=desc, disable=not show, file=sys.stderr,
-                dynamic_ncols=True)
-
-
 def _callback(head: Any, bar: Any) -> Callable[[int, dict], None]:
     """A fit callback moving ``bar``: per epoch (Keras head) or per task (scikit-learn)."""
     def cb(step: int, logs: dict) -> None:
@@ -115,7 +107,7 @@ def _fit(head: Any, stage: str, rows: int, show_progress: bool, call: Callable[[
     else:
         total, unit = len(head.tasks) if isinstance(head.tasks, (list, tuple)) else 0, "task"
     start = time.perf_counter()
-    with _bar(show_progress, total or None, unit, f"{stage} {getattr(head, 'kind', 'head')} "
+    with progress_bar(show_progress, total or None, unit, f"{stage} {getattr(head, 'kind', 'head')} "
               f"({rows} rows)") as bar, _fits_with(head, [_callback(head, bar)]):
         call()
     return time.perf_counter() - start

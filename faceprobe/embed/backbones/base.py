@@ -320,6 +320,8 @@ class Backbone:
     threads: int | None = None  # intra-op threads in this process; None = every core
     # whether the embed pass may shrink ``threads`` to the cores its detection workers leave
     yields_cores = True
+    # whether each embed worker process runs its own copy (a single-threaded model, e.g. dlib)
+    runs_in_workers = False
 
     def set_threads(self, n: int | None) -> None:
         """Run on ``n`` intra-op threads (None: every core). The embed pass gives the backbone

@@ -30,6 +30,7 @@ from faceprobe.embed.backbones.base import (
 )
 from faceprobe.errors import WeightsError
 from faceprobe.files import file_sha256
+from faceprobe.threads import torch_threads
 
 RELEASE = "https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/"
 WEIGHTS = {
@@ -102,12 +103,8 @@ class FaceNet(Backbone):
     def _features(self, batch, groups):
         if self.threads is None or self.device.type != "cpu":
             return self._forward(batch, groups)
-        before = torch.get_num_threads()
-        torch.set_num_threads(self.threads)
-        try:
+        with torch_threads(self.threads):
             return self._forward(batch, groups)
-        finally:
-            torch.set_num_threads(before)
 
     def _forward(self, batch, groups):
         m = self.model

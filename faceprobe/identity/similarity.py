@@ -10,7 +10,10 @@ Decisions:
 - Ties in ``topk`` go to the lower gallery index (a stable sort on ``(-score, index)``), so the
   result does not depend on the chunk sizes.
 - Arithmetic is float32, like the store; cosine is exact enough at that precision for thresholds
-  reported to 4 decimals.
+  reported to 4 decimals. The products themselves are summed in float64 and rounded to float32
+  (``_cosines``): a float32 BLAS sums in an order that depends on where a row falls in its tile
+  (seen on an AVX2 OpenBLAS: two identical gallery rows scored 1 ulp apart), so exact ties would
+  depend on the chunking; after the rounding identical rows score identically.
 """
 
 from __future__ import annotations
@@ -40,9 +43,14 @@ def pairwise_cosine(a: np.ndarray, b: np.ndarray, *, chunk: int = 65536) -> np.n
     return out
 
 
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b.T`` of normalised rows, summed in float64, as float32."""
+    return (a.astype(np.float64) @ b.astype(np.float64).T).astype(np.float32)
+
+
 def cosine_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """The full (len(a), len(b)) cosine matrix; for small inputs and tests only."""
-    return normalize(a) @ normalize(b).T
+    return _cosines(normalize(a), normalize(b))
 
 
 def topk(probes: np.ndarray, gallery: np.ndarray, k: int, *, probe_chunk: int = DEFAULT_CHUNK,
@@ -66,7 +74,7 @@ def topk(probes: np.ndarray, gallery: np.ndarray, k: int, *, probe_chunk: int = 
         best_score = np.empty((len(p), 0), dtype=np.float32)
         for g0 in range(0, n_g, gallery_chunk):
             # Carry the running best into this block so one partition keeps the overall top k.
-            sims = np.concatenate([best_score, p @ normalize(gallery[g0:g0 + gallery_chunk]).T],
+            sims = np.concatenate([best_score, _cosines(p, normalize(gallery[g0:g0 + gallery_chunk]))],
                                   axis=1)
             carried = best_idx.shape[1]
             pos = np.argpartition(-sims, k - 1, axis=1)[:, :k] if sims.shape[1] > k else \

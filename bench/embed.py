@@ -98,8 +98,8 @@ def cmd_speed(args) -> dict:
     import torch
 
     paths = lfw_paths(args.n)
-    from faceprobe.embed.backbones import create_backbone
-    sd = create_backbone("facenet.vggface2", weights="random", device="cpu").model.state_dict()
+    from faceprobe.embed.backbones.facenet import random_state_dict
+    sd = random_state_dict()
     sd = {k: v.contiguous() for k, v in sd.items()}
     # faceprobe first: its workers fork a process without the README loop's state
     fp32, t_fp32, summary, _ = faceprobe_run(paths, "fp32", args.threads, args.workers,

@@ -17,7 +17,8 @@ experiences them. Pairs (faceprobe vs baseline, run back to back):
 - ``dlib``: ``--backbone dlib.resnet`` vs a face_recognition-style loop: HOG detector (upsample
   1), ``shape_predictor_5_face_landmarks``, ``compute_face_descriptor(img, shape)`` per face.
   Target: ratio >= 1.6.
-- ``facenet``: ``--backbone facenet.vggface2 --weights random --precision bf16`` vs
+- ``facenet``: ``--backbone facenet.vggface2 --weights random --precision bf16`` (fp32 on a CPU
+  without native bf16, printed) vs
   facenet-pytorch's README loop (``face = mtcnn(img); emb = resnet(face.unsqueeze(0))``, fp32),
   the same seeded random InceptionResnetV1 weights (bench/embed.py). Target: ratio >= 4.
 
@@ -198,7 +199,16 @@ def faceprobe_args(name: str, args) -> list[str]:
         return ["--backbone", args.arcface_backbone, "--weights", args.weights]
     if name == "dlib":
         return ["--backbone", "dlib.resnet"]
-    return ["--backbone", "facenet.vggface2", "--weights", "random", "--precision", "bf16"]
+    return ["--backbone", "facenet.vggface2", "--weights", "random", "--precision",
+            facenet_precision()]
+
+
+def facenet_precision() -> str:
+    """bf16 where the CPU has native bf16 kernels (AMX/AVX512-BF16), else fp32: emulated bf16
+    is slower than fp32, and no user would pick it there (faceprobe warns)."""
+    from faceprobe.embed.backbones.base import native_cpu_bf16
+
+    return "bf16" if native_cpu_bf16() else "fp32"
 
 
 def timed(cmd: list[str], env: dict, what: str) -> tuple[float, str]:
@@ -376,6 +386,8 @@ def report(res: dict) -> str:
         ok = "ok" if r["ratio"] >= r["target_ratio"] else "BELOW TARGET"
         if name == "arcface":
             ok += f"; baseline ORT spinning {res['baseline_ort_spinning']}"
+        if name == "facenet":
+            ok += f"; faceprobe in {facenet_precision()}"
         ag = r["agreement"]
         lines.append(
             f"{name:8s} faceprobe {r['faceprobe_img_s']:7.2f} img/s (own {r['faceprobe_own_img_s']}"

@@ -41,7 +41,9 @@ def test_weights_resolved_from_faceprobe_home(tmp_path, monkeypatch):
     ref = create_backbone("facenet.vggface2", weights="random", device="cpu")
     home = tmp_path / "home"
     (home / "weights").mkdir(parents=True)
-    torch.save(ref.model.state_dict(), home / "weights" / "20180402-114759-vggface2.pt")
+    from faceprobe.embed.backbones.facenet import random_state_dict
+
+    torch.save(random_state_dict(), home / "weights" / "20180402-114759-vggface2.pt")
     monkeypatch.setenv("FACEPROBE_HOME", str(home))
     monkeypatch.setenv("FACEPROBE_OFFLINE", "1")
     bb = create_backbone("facenet.vggface2", device="cpu")

@@ -9,6 +9,7 @@ COMMAND_MODULES = [
     "faceprobe.commands.heads",
     "faceprobe.commands.report",
     "faceprobe.commands.identity",
+    "faceprobe.commands.finetune",
     "faceprobe.commands.landmarks",
     "faceprobe.commands.serve",
 ]

@@ -51,13 +51,21 @@ def register(subparsers) -> None:
     p.add_argument("--align", choices=("similarity", "crop", "dlib5"), default=None,
                    help="alignment override (default: the backbone's: crop for FaceNet, "
                         "similarity for ArcFace, dlib5 for dlib); see README for measurements")
+    p.add_argument("--detector", default="mtcnn", choices=("mtcnn", "scrfd"),
+                   help="face detector: mtcnn (default; weights ship with facenet-pytorch) or "
+                        "scrfd (SCRFD-2.5GF with 5 keypoints on onnxruntime; found a face in all "
+                        "3,334 MTFL images; recorded in the recipe and replayed by score/serve)")
+    p.add_argument("--detector-weights", default=None, metavar="FILE",
+                   help="SCRFD's ONNX file (default: scrfd_2.5g_bnkps.onnx from "
+                        "$FACEPROBE_HOME/weights, or its download)")
     p.add_argument("--landmarks", default="detect", choices=("detect", "dataset"),
                    help="dataset: align with the dataset's own 5 points where a record has them, "
                         "skipping detection")
     p.add_argument("--features", default="embedding",
                    help="comma-separated feature groups to store: embedding, pooled (FaceNet's "
                         "1792-d layer), geometry68 (dlib's 68 landmarks, normalised), geometry5 "
-                        "(the 5 detected points, normalised), hog (of the aligned face); "
+                        "(the 5 detected points, normalised), hog (of the aligned face), chips (the "
+                        "aligned face crops themselves, uint8, for `faceprobe finetune`); "
                         "default: embedding")
     p.add_argument("--add-features", default=None, metavar="NAMES",
                    help="add these groups (geometry68, geometry5, hog, or a further backbone "
@@ -145,7 +153,10 @@ def run_embed(args: argparse.Namespace) -> int:
         from faceprobe.embed.features import EXTRA_GROUPS
         from faceprobe.errors import ConfigError
 
-        extra = [g for g in features if g in EXTRA_GROUPS]
+        extra = [g for g in features if g in EXTRA_GROUPS or g == "chips"]
+        if args.detector != "mtcnn":
+            raise ConfigError("--engine ray detects with MTCNN only; use --engine local for "
+                              f"--detector {args.detector}")
         if extra:
             raise ConfigError(f"--engine ray computes the backbone's groups only, not "
                               f"{', '.join(extra)}; embed with --engine local, or add them "
@@ -160,6 +171,8 @@ def run_embed(args: argparse.Namespace) -> int:
         show_progress=not args.no_progress, vocabularies=reader.vocabularies(),
         dataset=reader.name, root=str(Path(args.root).resolve()), repair=args.repair,
         **({"align": args.align} if args.align else {}),
+        **({"detector": args.detector, "detector_weights": args.detector_weights}
+           if args.detector != "mtcnn" or args.detector_weights else {}),
     )
     _report_problems(reader.problems)
     if args.json:

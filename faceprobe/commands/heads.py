@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-HEADS = ("mlp", "logreg", "svm", "linsvm", "knn", "hgb", "ridge", "svr")
+HEADS = ("mlp", "logreg", "svm", "linsvm", "knn", "hgb", "ridge", "svr", "arcface")
 
 
 def _log(msg: str) -> None:
@@ -40,7 +40,9 @@ def register(subparsers) -> None:
                               "identity-disjoint), fit a head, print validation metrics.")
     _common(p)
     p.add_argument("--head", choices=HEADS, default="mlp",
-                   help="mlp (multi-output Keras head, default) or a scikit-learn baseline")
+                   help="mlp (multi-output Keras head, default), a scikit-learn baseline, or "
+                        "arcface (--tasks identity: an identity space learnt with an ArcFace "
+                        "margin, for `verify/identify --model`)")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bars (per epoch for mlp, per task for the others; the "
                         "summary line of each fit is still printed)")
@@ -50,8 +52,10 @@ def register(subparsers) -> None:
                               description="KerasTuner search over a head's hyperparameters. The "
                               "search lives in --dir; running again continues it.")
     _common(p)
-    p.add_argument("--head", choices=("mlp", "svm", "logreg", "linsvm", "knn", "hgb", "ridge"),
-                   default="mlp", help="head to tune (default mlp)")
+    p.add_argument("--head", choices=("mlp", "svm", "logreg", "linsvm", "knn", "hgb", "ridge",
+                                       "arcface"),
+                   default="mlp", help="head to tune (default mlp; arcface with --tasks "
+                                       "identity: out_dim, depth, s, m)")
     p.add_argument("--tuner", choices=("random", "hyperband", "bayes"), default="random",
                    help="search strategy (hyperband: mlp only)")
     p.add_argument("--trials", type=int, default=20, help="total number of trials (default 20)")
@@ -130,11 +134,31 @@ def cmd_train(args) -> int:
     from faceprobe.heads.train import train_store
 
     _log(f"training {args.head} on {args.store}")
+    if args.head == "arcface" or args.tasks == "identity":
+        return _train_margin(args)
     res = train_store(args.store, args.tasks, args.head, out=args.out, features=_features(args.features),
                       class_weighting=args.class_weighting, seed=args.seed,
                       overwrite=args.overwrite, log=_log, show_progress=not args.no_progress)
     print("validation metrics:")
     print(format_metrics(res.metrics))
+    print(f"saved {res.bundle}")
+    return 0
+
+
+def _train_margin(args) -> int:
+    from faceprobe.errors import ConfigError
+    from faceprobe.heads.margin import train_margin_store
+
+    if args.head != "arcface" or args.tasks not in (None, "identity"):
+        raise ConfigError("the identity task is learnt by --head arcface alone, and that head "
+                          "learns only it: use --tasks identity --head arcface")
+    res = train_margin_store(args.store, out=args.out, features=_features(args.features),
+                             seed=args.seed, overwrite=args.overwrite, log=_log)
+    m = res.metrics
+    if m.get("identification_top1") is not None:
+        print(f"validation identification top-1 {m['identification_top1']:.4f} (raw "
+              f"embeddings {m['raw_identification_top1']:.4f}) over {m['probes']} probes of "
+              f"{m['identities']} identities not trained on")
     print(f"saved {res.bundle}")
     return 0
 

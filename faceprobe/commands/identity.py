@@ -23,6 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--feature", default="embedding", metavar="GROUP",
                    help="store feature group to compare (default: embedding)")
     p.add_argument("--report", metavar="DIR", help="also write verify.json and roc.png here")
+    p.add_argument("--model", metavar="BUNDLE",
+                   help="compare in the space of a margin head (`faceprobe train --tasks "
+                        "identity --head arcface`) trained on this store's backbone")
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
     p.set_defaults(func=_verify)
 
@@ -61,15 +64,45 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="images enrolled per identity: one, all, or a number (default: one)")
     p.add_argument("--feature", default="embedding", metavar="GROUP",
                    help="store feature group to compare (default: embedding)")
+    p.add_argument("--model", metavar="BUNDLE",
+                   help="compare in the space of a margin head (`faceprobe train --tasks "
+                        "identity --head arcface`) trained on this store's backbone")
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
     p.set_defaults(func=_identify)
+
+
+def _margin_space(args: argparse.Namespace):
+    """(feature group, transform) for ``--model``: the margin head's input group in this store
+    and its projection; (``--feature``, None) without a model."""
+    if not args.model:
+        return args.feature, None
+    from faceprobe.embed.store import Store
+    from faceprobe.errors import ConfigError
+    from faceprobe.heads.bundle import load_bundle
+
+    bundle = load_bundle(args.model)
+    if not bundle.is_identity_space:
+        raise ConfigError(f"bundle {args.model} holds a {bundle.kind!r} head, which has no "
+                          "identity space; train one with `faceprobe train STORE --tasks "
+                          "identity --head arcface`")
+    bundle.check_store(Store(args.store))
+    groups = list(bundle.features)
+    if len(groups) != 1:
+        raise ConfigError(f"bundle {args.model} maps several groups ({', '.join(groups)}); "
+                          "verify and identify compare one: train the head with --features "
+                          "GROUP")
+    if args.feature not in ("embedding", groups[0]):
+        raise ConfigError(f"bundle {args.model} maps {groups[0]!r}, not --feature "
+                          f"{args.feature!r}")
+    return groups[0], bundle.transform
 
 
 def _verify(args: argparse.Namespace) -> int:
     from faceprobe.identity.verification import verify
 
-    r = verify(args.store, args.pairs, root=args.root, feature=args.feature,
-               report_dir=args.report)
+    feature, transform = _margin_space(args)
+    r = verify(args.store, args.pairs, root=args.root, feature=feature,
+               report_dir=args.report, transform=transform)
     if args.json:
         print(json.dumps(r, indent=1))
         return 0
@@ -112,8 +145,9 @@ def _pairs(args: argparse.Namespace) -> int:
 def _identify(args: argparse.Namespace) -> int:
     from faceprobe.identity.identification import identify
 
+    feature, transform = _margin_space(args)
     r = identify(args.store, args.gallery_split, args.probe_split, args.per_identity,
-                 feature=args.feature)
+                 feature=feature, transform=transform)
     if args.json:
         print(json.dumps(r, indent=1))
         return 0

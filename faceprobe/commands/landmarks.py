@@ -19,19 +19,31 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = lsub.add_parser(
         "evaluate", help="normalised mean error (NME) of predicted vs. ground-truth points",
         description="Compare the detector's points (or KeypointRCNN's) with the dataset's, in "
-                    "original image coordinates: NME, per-point error, failure rate at NME > "
-                    "0.10; rows with ground truth but no prediction are counted as missing.")
+                    "original image coordinates: NME (by the chosen normaliser and by the "
+                    "annotation box's sqrt(w*h), which holds up on profiles), CED and AUC@0.10, "
+                    "per-point error, failure rate at NME > 0.10, per dataset and per pose (MTFL). "
+                    "Each annotated face is matched to the row whose box overlaps the box of its "
+                    "annotated points most (IoU), so with --multi-face all the right face is "
+                    "evaluated; faces with no row of predicted points are counted as missing, "
+                    "faces whose best IoU is below --min-iou as unmatched, neither averaged in.")
     p.add_argument("store", metavar="STORE", help="embedding store with ground-truth landmarks")
     p.add_argument("--source", choices=("detected", "rcnn"), default="detected",
                    help="points to evaluate: the embed stage's detector (detected) or "
                         "`landmarks predict` output (rcnn) (default: detected)")
-    p.add_argument("--norm", choices=("interocular", "interpupil", "box"), default="interocular",
-                   help="normalising distance: between the true eye points, or the face box "
-                        "diagonal (default: interocular)")
+    p.add_argument("--norm", choices=("interocular", "interpupil", "box", "box_size"),
+                   default="interocular",
+                   help="normalising distance: between the true eye points, the face box "
+                        "diagonal, or sqrt(w*h) of the box of the annotated points; box_size is "
+                        "always reported too (interocular when box_size is chosen) "
+                        "(default: interocular)")
+    p.add_argument("--min-iou", type=float, default=0.0, metavar="IOU",
+                   help="least IoU between a row's face box and the annotated points' box for "
+                        "the row to count as that face, e.g. 0.3 to set aside faces where the "
+                        "detector found another face (default: 0, any row with points)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--report", metavar="DIR",
-                   help="also write an HTML report (CED curve, overlays of worst and median "
-                        "faces) here")
+                   help="also write an HTML report (ced.png, metrics.json, overlays of worst "
+                        "and median faces) here")
     p.set_defaults(func=_evaluate)
 
     p = lsub.add_parser(
@@ -114,18 +126,28 @@ def _evaluate(args: argparse.Namespace) -> int:
     from faceprobe.landmarks.evaluate import evaluate_landmarks
 
     r = evaluate_landmarks(args.store, source=args.source, norm=args.norm,
-                           report_dir=args.report)
+                           report_dir=args.report, min_iou=args.min_iou)
     if args.json:
         print(json.dumps(_clean(r), indent=1))
         return 0
+    sn = r["second_norm"]
     print(f"{args.source} landmarks, NME ({r['norm']}) {_f(r['nme'])}, median {_f(r['median'])}, "
           f"failure rate {_f(r['failure_rate'])} at > {r['failure_threshold']}; "
           f"{r['evaluated']} faces evaluated, {r['missing']} missing")
+    print(f"AUC@{r['auc_limit']:g} {_f(r['auc'])}; NME ({sn}) {_f(r[f'nme_{sn}'])}, "
+          f"AUC@{r['auc_limit']:g} {_f(r['by_norm'][sn]['auc'])}")
+    mt = r["matching"]
+    print(f"matched {mt['matched']} of {mt['annotated_faces']} annotated faces at IoU >= "
+          f"{mt['min_iou']:g} (median IoU {_f(mt['median_iou'])}), {mt['unmatched']} unmatched, "
+          f"{mt['missing']} missing; {mt['images_with_several_rows']} image(s) with several rows")
     for name, v in zip(r["point_names"], r["per_point"], strict=True):
         print(f"  {name:<12} {_f(v)}")
-    for ds, sub in r.get("per_dataset", {}).items():
-        print(f"  {ds}: NME {_f(sub['nme'])}, median {_f(sub['median'])}, "
-              f"{sub['evaluated']} evaluated, {sub['missing']} missing")
+    for title, key in (("dataset", "per_dataset"), ("pose", "per_pose")):
+        for name, sub in r.get(key, {}).items():
+            print(f"  {title} {name}: NME {_f(sub['nme'])} ({sn} {_f(sub[f'nme_{sn}'])}), "
+                  f"median {_f(sub['median'])}, failure rate {_f(sub['failure_rate'])}, "
+                  f"{sub['evaluated']} evaluated, {sub['missing']} missing, "
+                  f"{sub['unmatched']} unmatched")
     if args.report:
         print(f"report: {args.report}")
     return 0

@@ -167,3 +167,19 @@ def align_face(image: np.ndarray, config, landmarks: np.ndarray | None, box: np.
         box = np.array([0, 0, image.shape[1], image.shape[0]], np.float32)
     margin = config.margin if landmarks is not None or config.alignment == "crop" else 0
     return align_crop(image, box, size, margin)
+
+
+# The MTCNN box of an average face expressed in the ArcFace 112x112 template frame (x1, y1, x2,
+# y2): measured on 395 LFW faces (MTCNN box mapped through each face's landmark->template
+# similarity, then averaged). Mapping it back through a record's own landmarks gives the box a
+# detector would have drawn, so crop-aligned backbones see the same framing either way.
+TEMPLATE_FACE_BOX = np.array([16.1, 11.74, 93.52, 116.8], dtype=np.float32)
+
+
+def box_from_landmarks(points: np.ndarray) -> np.ndarray:
+    """The detector-style box of a face from its 5 points (see TEMPLATE_FACE_BOX)."""
+    m = similarity_matrix(ARCFACE_TEMPLATE, np.asarray(points, np.float64))  # template -> image
+    x1, y1, x2, y2 = TEMPLATE_FACE_BOX.astype(np.float64)
+    corners = np.array([[x1, y1], [x2, y1], [x2, y2], [x1, y2]])
+    mapped = corners @ m[:, :2].T + m[:, 2]
+    return np.array([*mapped.min(0), *mapped.max(0)], dtype=np.float32)

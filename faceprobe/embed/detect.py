@@ -31,17 +31,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from faceprobe.embed.align import TEMPLATE_FACE_BOX, box_from_landmarks  # noqa: F401 (re-export)
+
 MULTI_FACE_POLICIES = ("largest", "central", "all")
 NO_FACE_POLICIES = ("skip", "whole_image")
 DEFAULT_THRESHOLDS = (0.6, 0.7, 0.7)
 AUTO_MIN_FACE_FRACTION = 0.2
 MIN_FACE_FLOOR = 20
 
-# The MTCNN box of an average face expressed in the ArcFace 112x112 template frame (x1, y1, x2,
-# y2): measured on 395 LFW faces (MTCNN box mapped through each face's landmark->template
-# similarity, then averaged). Mapping it back through a record's own landmarks gives the box a
-# detector would have drawn, so crop-aligned backbones see the same framing either way.
-TEMPLATE_FACE_BOX = np.array([16.1, 11.74, 93.52, 116.8], dtype=np.float32)
 
 
 @dataclass(frozen=True)
@@ -197,17 +194,6 @@ def auto_min_face_size(height: int, width: int) -> float:
     return max(float(MIN_FACE_FLOOR), AUTO_MIN_FACE_FRACTION * min(height, width))
 
 
-def box_from_landmarks(points: np.ndarray) -> np.ndarray:
-    """The detector-style box of a face from its 5 points (see TEMPLATE_FACE_BOX)."""
-    from faceprobe.embed.align import ARCFACE_TEMPLATE, similarity_matrix
-
-    m = similarity_matrix(ARCFACE_TEMPLATE, np.asarray(points, np.float64))  # template -> image
-    x1, y1, x2, y2 = TEMPLATE_FACE_BOX.astype(np.float64)
-    corners = np.array([[x1, y1], [x2, y1], [x2, y2], [x1, y2]])
-    mapped = corners @ m[:, :2].T + m[:, 2]
-    return np.array([*mapped.min(0), *mapped.max(0)], dtype=np.float32)
-
-
 class FaceDetector:
     """MTCNN plus the face policy. ``locate(images)`` -> one :class:`FaceResult` per image."""
 
@@ -270,18 +256,20 @@ class FaceDetector:
                 todo.append(i)
         if todo:
             found = self.detect([images[i] for i in todo])
-            # a face smaller than the pyramid's start: look again from the floor (slower), so a
-            # small face is found, or reported as face_too_small under an explicit minimum
             for k, faces in enumerate(found):
                 if not faces:
-                    img = images[todo[k]]
-                    floor = max(float(MIN_FACE_FLOOR), min(img.shape[:2]) / 80.0)
-                    first = self.min_face_size or auto_min_face_size(*img.shape[:2])
-                    if first > floor:
-                        found[k] = self.detect([img], min_face_size=floor)[0]
+                    found[k] = self._second_look(images[todo[k]])
             for k, i in enumerate(todo):
                 results[i] = self.choose(images[i].shape, found[k])
         return results  # type: ignore[return-value]
+
+    def _second_look(self, img: np.ndarray) -> list[Detection]:
+        """Faces of an image the first pass found none in. MTCNN: a face smaller than the
+        pyramid's start, so look again from the floor (slower); a small face is then found, or
+        reported as face_too_small under an explicit minimum."""
+        floor = max(float(MIN_FACE_FLOOR), min(img.shape[:2]) / 80.0)
+        first = self.min_face_size or auto_min_face_size(*img.shape[:2])
+        return self.detect([img], min_face_size=floor)[0] if first > floor else []
 
     def choose(self, shape: tuple, faces: list[Detection]) -> FaceResult:
         h, w = shape[:2]

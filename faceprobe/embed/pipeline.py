@@ -33,6 +33,7 @@ import torch
 
 from faceprobe.data.records import FaceRecord
 from faceprobe.data.vocab import DEFAULT_VOCABULARIES
+from faceprobe.embed import chips as chip_codec
 from faceprobe.embed import features as extra_features
 from faceprobe.embed.align import align_face
 from faceprobe.embed.backbones import Backbone, BackboneConfig, create_backbone
@@ -45,6 +46,7 @@ from faceprobe.threads import torch_threads
 
 CHUNK = 16  # records per worker task: enough same-size images for one MTCNN batch
 LANDMARK_MODES = ("detect", "dataset")
+DETECTORS = ("mtcnn", "scrfd")
 
 
 @dataclass(frozen=True)
@@ -62,14 +64,17 @@ class PrepareConfig:
     others: tuple = ()  # BackboneConfigs of the further backbones, each aligned on its own
     # (index, name, weights file, precision, groups) of backbones the workers run themselves
     in_workers: tuple = ()
+    detector: str = "mtcnn"  # see DETECTORS
+    detector_weights: str | None = None  # SCRFD's ONNX file, resolved
 
     def describe(self) -> str:
         b = self.backbone
         how = f"{b.alignment} {b.input_size}px"
         how += f" margin={b.margin:g}" if b.alignment == "crop" else " template"
         ms = "auto" if self.min_face_size is None else f"{self.min_face_size:g}"
+        det = "" if self.detector == "mtcnn" else f" detector={self.detector}"
         return (f"{how}; landmarks={self.landmarks} multi_face={self.multi_face} "
-                f"no_face={self.no_face} min_face_size={ms}")
+                f"no_face={self.no_face} min_face_size={ms}{det}")
 
 
 ALIGNMENTS = ("similarity", "crop", "dlib5")
@@ -95,11 +100,39 @@ _DETECTORS: dict[tuple, FaceDetector] = {}
 
 
 def _detector(cfg: PrepareConfig) -> FaceDetector:
-    key = (cfg.detector_device, cfg.min_face_size, cfg.multi_face, cfg.no_face)
+    key = (cfg.detector, cfg.detector_weights, cfg.detector_device, cfg.min_face_size,
+           cfg.multi_face, cfg.no_face)
     if key not in _DETECTORS:  # one per process: workers build their own after the fork
-        _DETECTORS[key] = FaceDetector(cfg.detector_device, cfg.min_face_size,
-                                       multi_face=cfg.multi_face, no_face=cfg.no_face)
+        if cfg.detector == "scrfd":
+            from faceprobe.embed.detect_scrfd import ScrfdDetector
+
+            # one onnxruntime thread on a CPU wherever it runs (a worker, or the main process
+            # scoring images), as MTCNN: the same image then gives the same points everywhere
+            _DETECTORS[key] = ScrfdDetector(
+                cfg.detector_weights, cfg.detector_device, cfg.min_face_size,
+                multi_face=cfg.multi_face, no_face=cfg.no_face,
+                threads=1 if cfg.detector_device == "cpu" else None)
+        else:
+            _DETECTORS[key] = FaceDetector(cfg.detector_device, cfg.min_face_size,
+                                           multi_face=cfg.multi_face, no_face=cfg.no_face)
     return _DETECTORS[key]
+
+
+def resolve_detector(detector: str, weights=None) -> tuple[str | None, str | None]:
+    """(weights file, its sha256) of ``detector`` (None, None for MTCNN, whose weights ship
+    inside facenet-pytorch); unknown names and missing files fail here, before any image."""
+    if detector not in DETECTORS:
+        raise ConfigError(f"unknown detector {detector!r}; choose one of {', '.join(DETECTORS)}")
+    if detector == "mtcnn":
+        if weights:
+            raise ConfigError("--detector-weights is for --detector scrfd; MTCNN's weights ship "
+                              "with facenet-pytorch")
+        return None, None
+    from faceprobe.embed.detect_scrfd import ScrfdDetector
+    from faceprobe.files import file_sha256
+
+    path = ScrfdDetector._resolve(weights)
+    return str(path), file_sha256(path)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -360,6 +393,12 @@ def make_backbones(backbone, weights=None, device="auto", precision="fp32") -> l
     return out
 
 
+def split_chips(features: Sequence[str]) -> tuple[tuple[str, ...], bool]:
+    """``features`` without the ``chips`` group, and whether it was asked for (chips are kept
+    beside the groups, not as one: see faceprobe.embed.chips)."""
+    return tuple(g for g in features if g != chip_codec.GROUP), chip_codec.GROUP in features
+
+
 def _check_options(multi_face, no_face, landmarks, features, backbones: Sequence[Backbone]):
     """The store's groups: the first backbone's (``embedding`` first), the extra groups asked
     for, and one group per further backbone, named after it."""
@@ -393,10 +432,12 @@ def _extra_groups(groups) -> tuple[str, ...]:
 
 def prepare_config(backbones: Sequence[Backbone], groups, *, multi_face="central",
                    no_face="skip", min_face_size=None, landmarks="detect",
-                   max_pixels=DEFAULT_MAX_PIXELS, detector_device="cpu") -> PrepareConfig:
+                   max_pixels=DEFAULT_MAX_PIXELS, detector_device="cpu", detector="mtcnn",
+                   detector_weights=None) -> PrepareConfig:
     return PrepareConfig(backbones[0].config, multi_face, no_face, min_face_size, landmarks,
                          max_pixels, detector_device, _extra_groups(groups),
-                         tuple(bb.config for bb in backbones[1:]))
+                         tuple(bb.config for bb in backbones[1:]), detector=detector,
+                         detector_weights=detector_weights)
 
 
 def _in_workers(backbones: Sequence[Backbone], groups) -> tuple:
@@ -433,7 +474,8 @@ def build_meta(records: Sequence[FaceRecord], backbones: Sequence[Backbone], cfg
         "backbone_config": bb.config.as_dict(),
         "recipe": make_recipe(backbones, multi_face=cfg.multi_face, no_face=cfg.no_face,
                               min_face_size=cfg.min_face_size, landmarks=cfg.landmarks,
-                              max_pixels=cfg.max_pixels, extra_features=cfg.extra_features),
+                              max_pixels=cfg.max_pixels, extra_features=cfg.extra_features,
+                              detector=cfg.detector, detector_weights=cfg.detector_weights),
     }
     if cfg.extra_features:  # only then, so an embedding-only manifest stays as it was
         meta["feature_provenance"] = extra_features.provenance(cfg.extra_features)
@@ -444,8 +486,10 @@ class _Embedder:
     """Collects chips of one shard and embeds them in fixed batches from the shard's start; each
     backbone embeds its own chips (the first ``chip``, the others ``chips[k - 1]``)."""
 
-    def __init__(self, backbones: Sequence[Backbone], groups, batch_size: int):
+    def __init__(self, backbones: Sequence[Backbone], groups, batch_size: int,
+                 keep_chips: bool = False):
         self.backbones, self.groups, self.batch_size = list(backbones), tuple(groups), batch_size
+        self.keep_chips = keep_chips  # the first backbone's chip goes to the store (chips group)
         others = {bb.name for bb in self.backbones[1:]}
         # the extra groups arrive computed in each row's "extra" (see detect_align)
         self.own = tuple(g for g in self.groups
@@ -492,6 +536,8 @@ class _Embedder:
                 r["error"] = (f"{r['path']}: feature group(s) {', '.join(missing)} were not "
                               "computed (this engine does not compute them)")
             r["features"] = {g: feats[g][i] if g in feats else extra.get(g) for g in self.groups}
+            if self.keep_chips and r["status"] != "error":
+                r[chip_codec.ROW_KEY] = r["chip"]
             r["chip"] = r["chips"] = None
 
 
@@ -503,6 +549,7 @@ def _finish(rows: list[dict]) -> list[dict]:
         r.pop("extra", None)
         if r["status"] not in ("ok", "multi_face_chosen", "no_face_fallback", "dataset_landmarks"):
             r["features"] = None
+            r.pop(chip_codec.ROW_KEY, None)
     return rows
 
 
@@ -535,12 +582,15 @@ def embed_dataset(records: Iterable[FaceRecord], out: str | os.PathLike, backbon
                   overwrite: bool = False, show_progress: bool = True,
                   vocabularies: dict | None = None, dataset: str | None = None,
                   root: str | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-                  repair: bool = False, align: str | None = None) -> dict:
+                  repair: bool = False, align: str | None = None, detector: str = "mtcnn",
+                  detector_weights=None) -> dict:
     """Embed every record into the store at ``out``; returns a summary dict (rows by status,
     images/s, shards written/skipped). Resumes an existing store made with the same settings;
     ``repair`` first deletes the shards ``Store.verify`` finds damaged, so they are embedded
     again and the intact ones are kept. ``align`` overrides the backbone's alignment
-    (``similarity``, ``crop``, or ``dlib5`` for dlib.resnet) and is recorded in the manifest."""
+    (``similarity``, ``crop``, or ``dlib5`` for dlib.resnet) and is recorded in the manifest.
+    ``detector``: ``mtcnn`` (default) or ``scrfd`` (``detector_weights``: its ONNX file, else
+    ``scrfd_2.5g_bnkps.onnx`` resolved like backbone weights); recorded in the recipe."""
     from faceprobe.embed.store import StoreWriter
 
     if shard_size < 1 or batch_size < 1:
@@ -548,6 +598,8 @@ def embed_dataset(records: Iterable[FaceRecord], out: str | os.PathLike, backbon
     records = list(records)
     if limit is not None:
         records = records[:max(0, int(limit))]
+    features, keep_chips = split_chips(features)
+    detector_weights, _ = resolve_detector(detector, detector_weights)
     bbs = make_backbones(backbone, weights, device, precision)
     bb = bbs[0]
     if align is not None:
@@ -558,10 +610,13 @@ def embed_dataset(records: Iterable[FaceRecord], out: str | os.PathLike, backbon
     detect_in_workers = dev.type == "cpu"
     cfg = prepare_config(bbs, groups, multi_face=multi_face, no_face=no_face,
                          min_face_size=min_face_size, landmarks=landmarks, max_pixels=max_pixels,
-                         detector_device="cpu" if detect_in_workers else str(dev))
+                         detector_device="cpu" if detect_in_workers else str(dev),
+                         detector=detector, detector_weights=detector_weights)
     if detect_in_workers and workers > 0:
         cfg = dataclasses.replace(cfg, in_workers=_in_workers(bbs, groups))
     meta = build_meta(records, bbs, cfg, groups, shard_size, vocabularies, dataset, root)
+    if keep_chips:
+        meta["chips"] = chip_codec.spec(bb.config)
     _check_labels(records, meta["vocabularies"])
     n_shards = meta["num_shards"]
     t0 = time.perf_counter()
@@ -580,7 +635,7 @@ def embed_dataset(records: Iterable[FaceRecord], out: str | os.PathLike, backbon
             from tqdm.auto import tqdm
             bar = tqdm(total=todo_images, unit="img", desc=f"embed {'+'.join(b.name for b in bbs)}",
                        dynamic_ncols=True)
-        embedder = _Embedder(bbs, groups, batch_size)
+        embedder = _Embedder(bbs, groups, batch_size, keep_chips=keep_chips)
         main_detector = None if detect_in_workers else _detector(cfg)
         if chunks and detect_in_workers and workers > 0:
             _preload_for_workers(cfg, bbs)
@@ -623,14 +678,17 @@ def embed_images(paths: Iterable[str | os.PathLike], backbone, *, weights=None,
                  batch_size: int = 64, device: str = "auto", precision: str = "fp32",
                  multi_face: str = "central", no_face: str = "skip",
                  min_face_size: float | None = None, features: Sequence[str] = ("embedding",),
-                 workers: int = 0, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> list[dict]:
+                 workers: int = 0, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                 detector: str = "mtcnn", detector_weights=None) -> list[dict]:
     """Rows (as for the store, ``features`` as arrays) for raw image files, without a store.
     ``backbone`` as for :func:`embed_dataset` (several give one group each after the first)."""
     records = [FaceRecord(path=str(Path(p)), dataset="images") for p in paths]
     bbs = make_backbones(backbone, weights, device, precision)
     groups = _check_options(multi_face, no_face, "detect", features, bbs)
+    detector_weights, _ = resolve_detector(detector, detector_weights)
     cfg = prepare_config(bbs, groups, multi_face=multi_face, no_face=no_face,
-                         min_face_size=min_face_size, max_pixels=max_pixels)
+                         min_face_size=min_face_size, max_pixels=max_pixels, detector=detector,
+                         detector_weights=detector_weights)
     chunks = [(0, records[k:k + CHUNK]) for k in range(0, len(records), CHUNK)]
     embedder = _Embedder(bbs, groups, batch_size)
     rows: list[dict] = []

@@ -34,7 +34,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from faceprobe.errors import BundleError, ConfigError
+from faceprobe.errors import BundleError, ConfigError, WeightsError
 
 RECIPE_VERSION = 1
 PRIMARY_GROUP = "embedding"
@@ -78,16 +78,23 @@ def backbone_entry(backbone: Any, group: str) -> dict:
 
 def make_recipe(backbones: Sequence[Any], *, multi_face: str, no_face: str,
                 min_face_size: float | None, landmarks: str, max_pixels: int | None,
-                extra_features: Sequence[str] = ()) -> dict:
-    return {
+                extra_features: Sequence[str] = (), detector: str = "mtcnn",
+                detector_weights: str | None = None) -> dict:
+    recipe = {
         "version": RECIPE_VERSION,
         "backbones": [backbone_entry(bb, PRIMARY_GROUP if i == 0 else bb.name)
                       for i, bb in enumerate(backbones)],
-        "detection": {"detector": "mtcnn", "multi_face": multi_face, "no_face": no_face,
+        "detection": {"detector": detector, "multi_face": multi_face, "no_face": no_face,
                       "min_face_size": min_face_size, "landmarks": landmarks,
                       "max_pixels": max_pixels},
         "extra_features": list(extra_features),
     }
+    if detector_weights:  # SCRFD: the file by hash, as the backbones'
+        from faceprobe.files import file_sha256
+
+        recipe["detection"].update(detector_weights_sha256=file_sha256(detector_weights),
+                                   detector_weights=str(detector_weights))
+    return recipe
 
 
 _OLD_ALIGNMENT = re.compile(r"landmarks=(\w+) multi_face=(\w+) no_face=(\w+) min_face_size=(\S+)")
@@ -122,9 +129,32 @@ def detection_options(recipe: Mapping[str, Any]) -> dict:
     d = recipe.get("detection") or {}
     opts = {"multi_face": d.get("multi_face", "central"), "no_face": d.get("no_face", "skip"),
             "min_face_size": d.get("min_face_size")}
+    if d.get("detector", "mtcnn") != "mtcnn":
+        opts["detector"] = d["detector"]
+        opts["detector_weights"] = _detector_file(d)
     if d.get("max_pixels"):
         opts["max_pixels"] = int(d["max_pixels"])
     return opts
+
+
+def _detector_file(d: Mapping[str, Any]) -> str | None:
+    """The recorded detector file when it is still there with its hash, else None (the default
+    file is resolved; a different one is refused naming both hashes)."""
+    from faceprobe.files import file_sha256
+
+    path, want = d.get("detector_weights"), d.get("detector_weights_sha256")
+    if path and Path(path).is_file() and file_sha256(path) == want:
+        return str(path)
+    if want:
+        from faceprobe.embed.detect_scrfd import ScrfdDetector
+
+        found = ScrfdDetector._resolve(None)
+        if file_sha256(found) != want:
+            raise WeightsError(f"the recipe's {d['detector']} file has sha256 {want}, but "
+                               f"{found} has {file_sha256(found)}; put the recorded file "
+                               f"({path}) back")
+        return str(found)
+    return None
 
 
 def _explicit(weights: Any, specs: Sequence[Mapping]) -> list[Any]:

@@ -43,6 +43,7 @@ import numpy as np
 
 from faceprobe import __version__
 from faceprobe.data.vocab import is_regression
+from faceprobe.embed import chips as chip_codec
 from faceprobe.embed.recipe import recipe_of
 from faceprobe.errors import StoreError, StoreLockedError
 from faceprobe.files import file_sha256  # noqa: F401  (re-exported for stages and tests)
@@ -73,13 +74,14 @@ ROW_FIELDS: dict[str, str] = {
     "score": "float detector probability, or None",
     "landmarks_detected": "(5, 2) or None",
     "landmarks_dataset": "(5, 2) or None",
+    chip_codec.ROW_KEY: "(size, size, 3) uint8 aligned face, kept when the manifest has `chips`",
 }
 _STR_COLUMNS = ("path", "dataset", "split", "identity", "status", "error", "policy")
 _REQUIRED_META = ("backbone", "features", "vocabularies", "shard_size")
 # Manifest keys that must match for a run to resume into an existing store.
 _RESUME_KEYS = (
     "backbone", "weights_sha256", "alignment", "precision", "features", "dtype", "shard_size",
-    "records_sha256", "vocabularies",
+    "records_sha256", "vocabularies", "chips",
 )
 
 
@@ -375,7 +377,10 @@ class StoreWriter:
         tmp = h5_path.with_name(h5_path.name + ".tmp")
         with h5py.File(tmp, "w", libver="latest") as f:
             for name, arr in columns.items():
-                f.create_dataset(name, data=arr)
+                if name == chip_codec.DATASET:
+                    chip_codec.write(f, arr)
+                else:
+                    f.create_dataset(name, data=arr)
             f.attrs["shard"] = index
             f.attrs["rows"] = len(rows)
             f.attrs["backbone"] = self.meta["backbone"]
@@ -429,6 +434,8 @@ def encode_rows(rows: Sequence[dict], meta: dict) -> dict[str, np.ndarray]:
     )
     cols["landmarks_detected"] = _stack(rows, "landmarks_detected", (5, 2))
     cols["landmarks_dataset"] = _stack(rows, "landmarks_dataset", (5, 2))
+    if meta.get("chips"):
+        cols[chip_codec.DATASET] = chip_codec.encode(rows, meta["chips"])
     return cols
 
 
@@ -448,6 +455,7 @@ def read_shard_rows(path: Path, index: int, meta: dict) -> list[dict]:
         labels = {t: f[f"labels/{t}"][...] for t in meta["vocabularies"]}
         box, score = f["box"][...], f["score"][...]
         lm_det, lm_ds = f["landmarks_detected"][...], f["landmarks_dataset"][...]
+        chips = chip_codec.read_rows(f, n) if meta.get("chips") else [None] * n
     rows = []
     for i in range(n):
         lab: dict[str, Any] = {}
@@ -463,6 +471,7 @@ def read_shard_rows(path: Path, index: int, meta: dict) -> list[dict]:
             "labels": lab, "features": {g: a[i] for g, a in feats.items()},
             "box": box[i], "score": None if np.isnan(score[i]) else float(score[i]),
             "landmarks_detected": lm_det[i], "landmarks_dataset": lm_ds[i],
+            chip_codec.ROW_KEY: chips[i],
         })
     return rows
 
@@ -511,7 +520,8 @@ def _recipe_key(meta: dict) -> Any:
     """What of a recipe must match to resume: not where the weights file was, only its hash."""
     r = meta.get("recipe") or {}
     return ([{k: v for k, v in b.items() if k != "weights"} for b in r.get("backbones", [])],
-            r.get("detection"), r.get("extra_features"))
+            {k: v for k, v in (r.get("detection") or {}).items() if k != "detector_weights"},
+            r.get("extra_features"))
 
 
 def _read_manifest(path: Path) -> dict:
@@ -685,7 +695,7 @@ class Store:
             "complete": m.get("num_shards") is None or len(stats) == m.get("num_shards"),
             "tasks": {t: (v if v is None else len(v)) for t, v in self.vocabularies.items()},
             "faceprobe_version": m.get("faceprobe_version"), "created": m.get("created"),
-            "recipe": recipe_of(m),
+            "recipe": recipe_of(m), "chips": m.get("chips"),
         }
 
     def _check_request(self, features: Sequence[str], tasks: Sequence[str] | None) -> None:
@@ -816,6 +826,30 @@ class Store:
             raise StoreError(f"store {self.path} has no usable rows"
                              + (f" in splits {', '.join(splits)}" if splits else ""))
         return parts[0] if len(parts) == 1 else StoreData.concat(parts)
+
+    def load_chips(self, *, splits: Sequence[str] | None = None, tasks: Sequence[str] = (),
+                   features: Sequence[str] = ("embedding",)) -> tuple[np.ndarray, StoreData]:
+        """Every usable row's aligned chip, (N, size, size, 3) uint8, with those rows' columns
+        (identity, split, the labels of ``tasks``, the groups of ``features``) in that order."""
+        if not self.meta.get("chips"):
+            raise StoreError(f"store {self.path} keeps no face chips; embed it with "
+                             "--features embedding,chips")
+        chips, parts = [], []
+        for d in self.iter_batches(1 << 62, features=tuple(features), tasks=tasks,
+                                   splits=splits):
+            for shard in np.unique(d.row_id[:, 0]):
+                with h5py.File(self.path / shard_name(int(shard)), "r") as f:
+                    if chip_codec.DATASET not in f:
+                        raise StoreError(f"shard {self.path / shard_name(int(shard))} has no "
+                                         "chips although the manifest keeps them; re-embed it "
+                                         "with --repair")
+                    rows = d.row_id[d.row_id[:, 0] == shard, 1]
+                    chips.append(f[chip_codec.DATASET][...][rows])
+            parts.append(d)
+        if not parts:
+            raise StoreError(f"store {self.path} has no usable rows"
+                             + (f" in splits {', '.join(splits)}" if splits else ""))
+        return np.concatenate(chips), StoreData.concat(parts)
 
     def verify(self) -> dict:
         """Check every shard against its stats (checksum, rows) and the manifest (shard count,

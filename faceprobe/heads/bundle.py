@@ -6,6 +6,7 @@ Layout::
                            and dims, store provenance, split, validation metrics, history, scalers
     MODEL/model.keras      the Keras head (loaded with safe_mode=True, no compile state)
     MODEL/model-0.skops    or one scikit-learn pipeline per task (skops)
+    MODEL/weights.npz      or the matrices of an identity-space (ArcFace, kind "margin") head
     MODEL/checksums.json   sha256 of every other file, verified before anything is parsed
 
 Decisions:
@@ -20,6 +21,11 @@ Decisions:
   save never leaves a half bundle under the final name.
 - A bundle records the store's backbone, weights hash and feature dims; using it on a store that
   differs in any of these is refused, because its inputs would be other numbers entirely.
+- An identity-space head (kind ``margin``, heads/margin.py) predicts no attributes: it maps
+  embeddings into a learned space (``Bundle.transform``). Its network is a few float32 matrices
+  in ``weights.npz``, read with ``allow_pickle=False`` (no code runs on load); bundle.json says
+  ``out_dim`` and the input feature groups and dims, and ``transform`` refuses input of another
+  width in one line naming the bundle and the expected size.
 """
 
 from __future__ import annotations
@@ -46,6 +52,8 @@ FORMAT_VERSION = 1
 META = "bundle.json"
 CHECKSUMS = "checksums.json"
 KERAS_FILE = "model.keras"
+MARGIN_FILE = "weights.npz"
+MARGIN_KIND = "margin"
 _SAFE_PREFIXES = ("sklearn.", "numpy.", "builtins.", "scipy.sparse.")
 
 
@@ -109,6 +117,53 @@ class Bundle:
     def predict_outputs(self, X: Any) -> dict[str, np.ndarray]:
         return self.model.predict_outputs(X)
 
+    @property
+    def is_identity_space(self) -> bool:
+        """True for a head that maps embeddings into a new space (``transform``)."""
+        return self.kind == MARGIN_KIND
+
+    @property
+    def out_dim(self) -> int | None:
+        """Width of ``transform``'s output (None for an attribute head)."""
+        return int(self.meta["out_dim"]) if self.is_identity_space else None
+
+    def check_input(self, X: Any) -> None:
+        """Refuse embeddings whose size is not the one the head was trained on (one line)."""
+        feats = self.features
+        if isinstance(X, np.ndarray) or (isinstance(X, (list, tuple)) and X
+                                         and not isinstance(X[0], Mapping)):
+            shape = np.shape(X)
+            width = sum(feats.values())
+            if len(shape) != 2 or shape[1] != width:
+                got = shape[1] if len(shape) == 2 else f"an array of shape {shape}"
+                raise BundleError(
+                    f"bundle {self.path} expects embeddings of dimension {width} ("
+                    + ", ".join(f"{g!r} {d}" for g, d in feats.items())
+                    + f") but the input has {got}; use embeddings from the bundle's backbone "
+                    f"({self.backbone})")
+            return
+        groups = X.X if hasattr(X, "X") and hasattr(X, "identity") else X
+        for g, dim in feats.items():
+            if g not in groups:
+                raise BundleError(f"bundle {self.path} needs feature group {g!r}, which the "
+                                  f"input lacks (it has {', '.join(map(str, groups))})")
+            got = np.shape(groups[g])
+            if len(got) != 2 or got[1] != dim:
+                raise BundleError(
+                    f"bundle {self.path} expects {g!r} of dimension {dim} but the input has "
+                    f"{got[1] if len(got) == 2 else got}; use embeddings from the bundle's "
+                    f"backbone ({self.backbone})")
+
+    def transform(self, X: Any) -> np.ndarray:
+        """Map embeddings ((n, dim) array, feature-group dict or StoreData) into the bundle's
+        identity space: (n, out_dim) unit rows. Only for identity-space (``margin``) bundles."""
+        if not self.is_identity_space:
+            raise BundleError(f"bundle {self.path} holds a {self.kind!r} head, which predicts "
+                              "attributes and has no identity space; train one with "
+                              "`faceprobe train --head arcface --tasks identity`")
+        self.check_input(X)
+        return self.model.transform(X)
+
     def check_store(self, store: Any) -> None:
         """Refuse a store whose embeddings are not what this head was trained on."""
         prov = self.meta.get("store", {})
@@ -160,7 +215,8 @@ def check_out(out: str | os.PathLike, overwrite: bool = False) -> Path:
 def save_bundle(model: Any, out: str | os.PathLike, *, store: Any = None,
                 split: Mapping[str, Any] | None = None, metrics: Mapping[str, Any] | None = None,
                 extra: Mapping[str, Any] | None = None, overwrite: bool = False) -> Path:
-    """Write ``model`` (a fitted KerasHead or SklearnHead) as a bundle directory ``out``."""
+    """Write ``model`` (a fitted KerasHead, SklearnHead or MarginHead) as bundle directory
+    ``out``."""
     out = check_out(out, overwrite)
     state = model.get_state()
     kind = getattr(model, "kind", None)
@@ -174,6 +230,10 @@ def save_bundle(model: Any, out: str | os.PathLike, *, store: Any = None,
         if kind == "mlp":
             model.model_.save(tmp / KERAS_FILE)
             serialization, files["model"] = "keras", KERAS_FILE
+        elif kind == MARGIN_KIND:
+            with open(tmp / MARGIN_FILE, "wb") as f:
+                np.savez(f, **model.get_arrays())
+            serialization, files["model"] = "npz", MARGIN_FILE
         else:
             import skops.io as sio
 
@@ -192,6 +252,7 @@ def save_bundle(model: Any, out: str | os.PathLike, *, store: Any = None,
             "split": dict(split or {}), "metrics": dict(metrics or {}),
             "history": state.get("history", {}), "scalers": state.get("scalers", {}),
             "serialization": serialization, "files": files, "state": state,
+            **({"out_dim": state["out_dim"]} if kind == MARGIN_KIND else {}),
             **dict(extra or {}),
         }
         (tmp / META).write_text(json.dumps(_jsonable(meta), indent=1, sort_keys=True))
@@ -266,6 +327,8 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
             raise BundleError(f"bundle {path}: {files['model']} cannot be loaded safely "
                               f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
         head = KerasHead.from_state(state, model)
+    elif meta.get("head") == MARGIN_KIND:
+        head = _load_margin(path, files.get("model", MARGIN_FILE), meta)
     else:
         from faceprobe.heads.baselines import SklearnHead
 
@@ -273,6 +336,33 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
                   for task, fname in files.items()}
         head = SklearnHead.from_state(state, models)
     return Bundle(path=path, meta=meta, model=head)
+
+
+def _load_margin(path: Path, fname: str, meta: Mapping[str, Any]) -> Any:
+    """An identity-space head: its matrices from ``fname`` (no pickles), checked against the
+    input dims bundle.json declares."""
+    from faceprobe.errors import ConfigError
+    from faceprobe.heads.margin import MarginHead
+
+    if meta.get("serialization") != "npz":
+        raise BundleError(f"bundle {path}: unknown serialization {meta.get('serialization')!r} "
+                          "for a margin head; upgrade faceprobe")
+    try:
+        with np.load(path / fname, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"bundle {path}: {fname} cannot be read ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0][:200]}); re-create the bundle") from None
+    state = meta["state"]
+    declared = {str(k): int(v) for k, v in (meta.get("features") or {}).items()}
+    if declared != {str(k): int(v) for k, v in state["feature_groups"].items()}:
+        raise BundleError(f"bundle {path}: bundle.json's features {declared} disagree with the "
+                          f"head's {state['feature_groups']}; re-create the bundle")
+    try:
+        return MarginHead.from_state(state, arrays)
+    except (KeyError, ConfigError) as exc:
+        raise BundleError(f"bundle {path}: {fname} does not match bundle.json ({exc}); "
+                          "re-create the bundle") from None
 
 
 def _load_sklearn(path: Path, fname: str, serialization: str | None) -> Any:

@@ -214,3 +214,56 @@ class HeadMixin:
     def predict(self, X: Any) -> dict[str, np.ndarray]:
         return {t: (v if t == AGE else v.argmax(axis=1))
                 for t, v in self.predict_outputs(X).items()}
+
+
+class EarlyStopping:
+    """The best-epoch bookkeeping of the torch training loops (``keras_head``, ``margin_train``):
+    ``update`` after each epoch keeps a copy of the weights of the epoch with the lowest
+    validation loss (an improvement is a drop of more than 1e-6) and says when ``patience``
+    epochs in a row have not improved; ``restore`` loads that copy back. Disabled, every epoch
+    counts as the best and the weights are left as trained."""
+
+    def __init__(self, patience: int, enabled: bool = True):
+        self.patience = int(patience)
+        self.enabled = enabled
+        self.best, self.best_epoch, self.waited = float("inf"), 0, 0
+        self.best_state: dict | None = None
+
+    def update(self, net, epoch: int, val_loss: float) -> bool:
+        """Record ``epoch`` (0-based); True when training should stop."""
+        if not self.enabled:
+            self.best_epoch = epoch + 1
+        elif val_loss < self.best - 1e-6:
+            self.best, self.best_epoch, self.waited = val_loss, epoch + 1, 0
+            self.best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        else:
+            self.waited += 1
+            return self.waited > self.patience
+        return False
+
+    def restore(self, net) -> None:
+        if self.best_state is not None:
+            net.load_state_dict(self.best_state)
+
+
+def train_epoch(net, opt, n: int, batch_size: int, gen, batch_loss, min_batch: int = 1) -> float:
+    """One epoch of the torch training loops: ``net`` in train mode, the ``n`` training rows in
+    an order drawn from ``gen``, one optimiser step per batch on ``batch_loss(idx)``; batches
+    under ``min_batch`` rows are skipped (2 where BatchNorm cannot normalise a batch of one).
+    Returns the mean batch loss."""
+    import torch
+
+    net.train()
+    perm = torch.randperm(n, generator=gen)
+    total, steps = 0.0, 0
+    for lo in range(0, n, batch_size):
+        idx = perm[lo:lo + batch_size]
+        if len(idx) < min_batch:
+            continue
+        loss = batch_loss(idx)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total += float(loss.detach())
+        steps += 1
+    return total / max(steps, 1)

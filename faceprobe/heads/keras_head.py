@@ -54,6 +54,7 @@ from faceprobe.data.vocab import AGE, AGE_GROUPS
 from faceprobe.errors import ConfigError
 from faceprobe.heads.common import (
     AGE_GROUP,
+    EarlyStopping,
     HeadMixin,
     as_dataset,
     check,
@@ -66,6 +67,7 @@ from faceprobe.heads.common import (
     present,
     resolve_tasks,
     task_labels,
+    train_epoch,
     vocab_for,
 )
 from faceprobe.threads import torch_threads
@@ -525,26 +527,19 @@ def _train_torch(head, ds, val, targets, val_targets, lw, callbacks):
     history: dict[str, list[float]] = {"loss": [], "val_loss": []}
     for t in head.outputs_:
         history[f"val_{t}_loss"] = []
-    best, best_state, best_epoch, waited = float("inf"), None, 0, 0
+
+    def batch_loss(idx):
+        outs = net(xtr[idx])
+        loss = sum(w * v for w, v in zip(weights, task_losses(outs, [y[idx] for y in ytr]),
+                                           strict=True))
+        if head.weight_decay:
+            loss = loss + float(head.weight_decay) * sum((k * k).sum() for k in kernels)
+        return loss
+
+    min_batch = 2 if head.norm == "batch" else 1  # BatchNorm cannot normalise a batch of one
+    stopper = EarlyStopping(head.patience, enabled=head.early_stopping)
     for epoch in range(int(head.epochs)):
-        net.train()
-        perm = torch.randperm(n, generator=gen)
-        total, steps = 0.0, 0
-        for lo in range(0, n, bs):
-            idx = perm[lo:lo + bs]
-            if len(idx) < 2 and head.norm == "batch":
-                continue  # BatchNorm cannot normalise a batch of one
-            outs = net(xtr[idx])
-            loss = sum(w * v for w, v in zip(weights, task_losses(outs, [y[idx] for y in ytr]),
-                                               strict=True))
-            if head.weight_decay:
-                loss = loss + float(head.weight_decay) * sum((k * k).sum() for k in kernels)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += float(loss.detach())
-            steps += 1
-        history["loss"].append(total / max(steps, 1))
+        history["loss"].append(train_epoch(net, opt, n, bs, gen, batch_loss, min_batch))
         val_loss = float("nan")
         if xva is not None:
             net.eval()
@@ -559,19 +554,11 @@ def _train_torch(head, ds, val, targets, val_targets, lw, callbacks):
         if head.verbose:
             print(f"epoch {epoch + 1}: loss {history['loss'][-1]:.4f} val_loss {val_loss:.4f}",
                   flush=True)
-        if not head.early_stopping:
-            best_epoch = epoch + 1
-        elif val_loss < best - 1e-6:
-            best, best_epoch, waited = val_loss, epoch + 1, 0
-            best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-        else:
-            waited += 1
-            if waited > int(head.patience):
-                break
-    if best_state is not None:
-        net.load_state_dict(best_state)
+        if stopper.update(net, epoch, val_loss):
+            break
+    stopper.restore(net)
     net.eval()
-    return net, history, best_epoch
+    return net, history, stopper.best_epoch
 
 
 def _copy_weights(net, model, head: KerasHead) -> None:

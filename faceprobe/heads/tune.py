@@ -52,6 +52,13 @@ Decisions:
   with no trials run when the search it was started for is complete. Each trial directory gets
   ``faceprobe-trial.json`` naming the tuner id, host and pid that ran it, which KerasTuner itself
   does not record.
+- The identity-space head (``margin``, alias ``arcface``; heads/margin.py) is searched over
+  out_dim, hidden depth/width, ArcFace's scale ``s`` and margin ``m`` with the same runner. Its
+  trials fit on the split's train identities (early stopping on held-out images of those
+  identities, the head's own) and score top-1 identification on the validation identities, which
+  the split keeps disjoint from training: each one's first image enrols, the others probe. That
+  is what the head is for (people it has not seen), not held-out images of known people. The
+  refit repeats the best trial's fit, then retrains on train + validation identities.
 """
 
 from __future__ import annotations
@@ -79,7 +86,9 @@ from faceprobe.heads.splits import make_split
 from faceprobe.heads.train import fit_on_split, load_rows, parse_tasks, resolve_features
 
 TUNERS = ("random", "hyperband", "bayes")
-TUNABLE_HEADS = ("mlp", "svm", "logreg", "linsvm", "knn", "hgb", "ridge")
+TUNABLE_HEADS = ("mlp", "svm", "logreg", "linsvm", "knn", "hgb", "ridge", "margin")
+MARGIN_ALIASES = ("margin", "arcface")  # the identity-space head (heads/margin.py)
+EPOCH_HEADS = ("mlp", "margin")  # heads with training epochs (Hyperband can allocate them)
 FINGERPRINT = "faceprobe-search.json"
 PROJECT = "search"
 DONE = "faceprobe-search-done.json"  # written by the chief when every trial is scored
@@ -110,6 +119,17 @@ def search_space(head: str, tasks: Sequence[str], max_epochs: int) -> list[dict[
             space += [{"name": f"lw_{t}", "type": "float", "min": 0.5, "max": 2.0, "default": 1.0}
                       for t in tasks]
         return space
+    if head == "margin":
+        # defaults = the untuned MarginHead()'s (run as the first trial, as for the mlp)
+        return [
+            # 256 beat 128 on 512-d synthetic embeddings (heads/margin.py docstring)
+            {"name": "out_dim", "type": "choice", "values": [64, 128, 256, 512], "default": 128},
+            {"name": "depth", "type": "int", "min": 0, "max": 1, "default": 0},
+            {"name": "width", "type": "choice", "values": [256, 512, 1024], "default": 512},
+            {"name": "s", "type": "float", "min": 16.0, "max": 64.0, "sampling": "log",
+             "default": 30.0},
+            {"name": "m", "type": "float", "min": 0.1, "max": 0.6, "default": 0.3},
+        ]
     return {
         # gamma = gamma_mult / dim: 1 is sklearn's "scale" on standardised inputs; above ~3 the
         # kernel is near-diagonal on 128-d embeddings (gamma_mult 6.7: UTKFace race 0.60)
@@ -160,6 +180,9 @@ def head_params(head: str, values: Mapping[str, Any], tasks: Sequence[str], dim:
         if lw:
             params["loss_weights"] = lw
         return params
+    if head == "margin":
+        return {"out_dim": int(v["out_dim"]), "hidden": [int(v["width"])] * int(v["depth"]),
+                "s": float(v["s"]), "m": float(v["m"])}
     if head == "svm":
         return {"C": float(v["C"]), "gamma": float(v["gamma_mult"]) / dim}
     keys = {"logreg": ("C",), "linsvm": ("C",), "ridge": ("alpha",), "knn": ("n_neighbors",),
@@ -537,13 +560,15 @@ def tune_store(store: Store | str | os.PathLike, tasks: str | Sequence[str] | No
         out = None  # the chief alone refits and saves
     elif role == "chief":
         tuner_id = "chief"
+    if head in MARGIN_ALIASES:
+        head = "margin"
     if head not in TUNABLE_HEADS:
         raise ConfigError(f"--head must be one of {', '.join(TUNABLE_HEADS)}, got {head!r}")
     if tuner not in TUNERS:
         raise ConfigError(f"--tuner must be one of {', '.join(TUNERS)}, got {tuner!r}")
-    if tuner == "hyperband" and head != "mlp":
-        raise ConfigError("--tuner hyperband allocates training epochs, which only the mlp head "
-                          "has; use --tuner random or bayes for --head " + head)
+    if tuner == "hyperband" and head not in EPOCH_HEADS:
+        raise ConfigError("--tuner hyperband allocates training epochs, which only the mlp and "
+                          "margin heads have; use --tuner random or bayes for --head " + head)
     if not isinstance(trials, int) or trials < 1:
         raise ConfigError(f"--trials must be a positive integer, got {trials!r}")
     if not isinstance(max_epochs, int) or max_epochs < 1:
@@ -552,8 +577,18 @@ def tune_store(store: Store | str | os.PathLike, tasks: str | Sequence[str] | No
         check_out(out, overwrite)
     start = time.perf_counter()
     store = store if isinstance(store, Store) else Store(store)
-    tasks = parse_tasks(tasks, store)
-    data = load_rows(store, tasks, features)
+    margin = head == "margin"
+    if margin:
+        from faceprobe.heads.margin import TASK, load_identity_rows
+
+        if tasks not in (None, TASK, [TASK], (TASK,)):
+            raise ConfigError(f"--head {head} learns an identity space; --tasks must be {TASK}, "
+                              f"got {tasks!r}")
+        tasks = [TASK]
+        data = load_identity_rows(store, features, log=log)
+    else:
+        tasks = parse_tasks(tasks, store)
+        data = load_rows(store, tasks, features)
     split = make_split(data, seed=seed)
     if not len(split.val):
         raise ConfigError("tuning needs validation rows; the split left none")
@@ -570,6 +605,11 @@ def tune_store(store: Store | str | os.PathLike, tasks: str | Sequence[str] | No
           "split_counts": split.description["counts"]}
     if head == "mlp":  # how each trial trains (and the refit), so older searches are refused
         fp["fit"] = {k: make_head("mlp").get_params()[k] for k in ("batch_size", "patience")}
+    elif margin:
+        from faceprobe.heads.margin import MarginHead
+
+        fp["fit"] = {k: MarginHead().get_params()[k]
+                     for k in ("batch_size", "patience", "lr", "val_fraction", "weight_decay")}
     directory = Path(directory)
     _check_fingerprint(directory, fp)
     _atomic_json_writes()
@@ -585,7 +625,22 @@ def tune_store(store: Store | str | os.PathLike, tasks: str | Sequence[str] | No
         present(AGE, y_age).any() else None
     base = {"tasks": tasks, "features": groups, "class_weighting": class_weighting, "seed": seed}
 
+    def run_margin(hp) -> dict[str, float]:
+        from faceprobe.heads.margin import MarginHead, identification_accuracy
+
+        model = MarginHead(features=groups, seed=seed,
+                           epochs=int(hp.values.get("tuner/epochs", max_epochs)),
+                           **head_params(head, hp.values, tasks, dim))
+        model.fit(train)
+        res = identification_accuracy(model.transform(val), val.identity)
+        if res["top1"] is None:
+            raise ConfigError("tuning the margin head needs validation identities with at least "
+                              "2 images; the split's validation rows have none")
+        return {"score": float(res["top1"]), TASK_METRIC + tasks[0]: float(res["top1"])}
+
     def run(hp) -> dict[str, float]:
+        if margin:
+            return run_margin(hp)
         params = {**base, **head_params(head, hp.values, tasks, dim)}
         if head == "mlp":  # the head's batch size and patience, as in the refit
             params["epochs"] = int(hp.values.get("tuner/epochs", max_epochs))
@@ -613,7 +668,7 @@ def tune_store(store: Store | str | os.PathLike, tasks: str | Sequence[str] | No
                                             factor=3, seed=oracle_seed, hyperparameters=hp,
                                             allow_new_entries=False)
         oracle_.max_trials = trials
-    if head == "mlp" and tuner != "hyperband":
+    if head in EPOCH_HEADS and tuner != "hyperband":
         _defaults_first(oracle_)
     HeadTuner, fatal = _make_tuner_class()
     def search_over() -> bool:
@@ -662,6 +717,10 @@ def tune_store(store: Store | str | os.PathLike, tasks: str | Sequence[str] | No
                           "in its trial_*/trial.json")
     best_values = _values(best[0])
     scored = _scored(t.oracle)
+    if margin:
+        return _refit_margin(best[0], best_values, head, tuner, directory, scored, data, split,
+                             store, groups, seed, max_epochs, out, overwrite, log, start,
+                             t.trials_run_now)
     params = {**base, **head_params(head, best_values, tasks, dim)}
     if head == "mlp":
         params["epochs"] = max_epochs  # the trials' fit: see the module docstring
@@ -678,16 +737,39 @@ def tune_store(store: Store | str | os.PathLike, tasks: str | Sequence[str] | No
         log(f"  {task}: trial {trial.trial_id} ({TASK_METRIC}{task} {v:.4f}) "
             + ", ".join(f"{k}={_fmt(x)}" for k, x in _values(trial).items()))
     metrics = fit_on_split(model, data, split, store.vocabularies)
+    return _save_refit(model, metrics, best[0], best_values, per_task, tuner, directory, scored,
+                       t.trials_run_now, store, split, out, overwrite, start)
+
+
+def _save_refit(model, metrics, best, best_values, per_task, tuner, directory, scored, run_now,
+                store, split, out, overwrite, start) -> TuneResult:
+    """Save the refitted head to ``out`` (when given) with the search's record as bundle.json's
+    ``tuning``; the ``TuneResult``."""
     bundle = None
     if out is not None:
         bundle = save_bundle(
             model, out, store=store, split=split.description, metrics={"val": metrics},
             overwrite=overwrite,
             extra={"tuning": {"tuner": tuner, "directory": str(directory.resolve()),
-                              "trials": scored, "best_score": best[0].score,
+                              "trials": scored, "best_score": best.score,
                               "best_hyperparameters": best_values,
                               "per_task": {task: {"trial": trial.trial_id, "score": v,
                                                   "hyperparameters": _values(trial)}
                                            for task, (trial, v) in per_task.items()}}})
-    return TuneResult(best_values, float(best[0].score), scored, t.trials_run_now, metrics,
-                      model, bundle, time.perf_counter() - start)
+    return TuneResult(best_values, float(best.score), scored, run_now, metrics, model, bundle,
+                      time.perf_counter() - start)
+
+
+def _refit_margin(best, best_values, head, tuner, directory, scored, data, split, store, groups,
+                  seed, max_epochs, out, overwrite, log, start, run_now) -> TuneResult:
+    """The margin head's refit: the best trial's fit again (same seed, same weights and score),
+    then train + validation identities (see the module docstring)."""
+    from faceprobe.heads.margin import MarginHead, fit_margin_on_split
+
+    model = MarginHead(features=groups, seed=seed, epochs=max_epochs,
+                       **head_params(head, best_values, [], 0))
+    log(f"refitting the best ({best.score:.4f}): "
+        + ", ".join(f"{k}={_fmt(v)}" for k, v in best_values.items()))
+    metrics = fit_margin_on_split(model, data, split, log=log)
+    return _save_refit(model, metrics, best, best_values, {}, tuner, directory, scored, run_now,
+                       store, split, out, overwrite, start)

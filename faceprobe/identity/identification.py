@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -62,12 +63,15 @@ def _in_split(split: np.ndarray, name: str | None) -> np.ndarray:
 def identify(store: Store | str | os.PathLike, gallery_split: str | None = "train",
              probe_split: str | None = "test", per_identity: str | int = "one", *,
              feature: str = "embedding", ks: tuple[int, ...] = KS,
-             batch_size: int = 65536) -> dict:
+             batch_size: int = 65536, transform: Callable | None = None) -> dict:
     """Top-k identification accuracy of probes against per-identity gallery templates.
 
     ``gallery_split`` / ``probe_split``: split names in the store, or ``'all'``/None for every row.
     ``per_identity``: ``'one'``, ``'all'`` or a number of images per identity to enrol.
+    ``transform``: maps a batch of the group's vectors to the space compared in (a margin
+    head's projection, ``faceprobe identify --model``); identity when None.
     """
+    mapped = transform or (lambda x: x)
     store = store if isinstance(store, Store) else Store(store)
     n_enrol = _parse_per_identity(per_identity)
     if feature not in store.feature_dims:
@@ -78,7 +82,6 @@ def identify(store: Store | str | os.PathLike, gallery_split: str | None = "trai
         raise ConfigError(
             "per_identity 'all' with the same gallery and probe split leaves no probe; use 'one' "
             "or a number of images to enrol, or pick another --probe-split")
-    dim = store.feature_dims[feature]
 
     # Pass 1: templates, plus the counts that explain an empty result.
     sums: dict[str, np.ndarray] = {}
@@ -93,7 +96,7 @@ def identify(store: Store | str | os.PathLike, gallery_split: str | None = "trai
         usable = np.isin(d.status, USABLE_STATUSES)
         gallery_failed += int((sel & ~usable).sum())
         gallery_labelled += int(sel.sum())
-        emb = normalize(d.X[feature])
+        emb = normalize(mapped(d.X[feature]))
         for i in np.flatnonzero(sel & usable):
             ident = d.identity[i]
             if n_enrol is not None and counts[ident] >= n_enrol:
@@ -118,7 +121,7 @@ def identify(store: Store | str | os.PathLike, gallery_split: str | None = "trai
                          f"split {gallery_split!r} in {store.path}")
     gallery_ids = np.array(sorted(sums), dtype=object)
     index = {ident: j for j, ident in enumerate(gallery_ids)}
-    templates = normalize(np.stack([sums[i] for i in gallery_ids]).reshape(-1, dim))
+    templates = normalize(np.stack([sums[i] for i in gallery_ids]))
     del sums
     k_max = min(max(ks), len(gallery_ids))
 
@@ -145,7 +148,7 @@ def identify(store: Store | str | os.PathLike, gallery_split: str | None = "trai
         if not keep.any():
             continue
         true = np.array([index.get(x, -1) for x in d.identity[keep]], dtype=np.int64)
-        idx, score = topk(d.X[feature][keep], templates, k_max)
+        idx, score = topk(mapped(d.X[feature][keep]), templates, k_max)
         closed = true >= 0
         open_set += int((~closed).sum())
         open_best.extend(score[~closed, 0].tolist())

@@ -42,7 +42,7 @@ import json
 import math
 import os
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -231,8 +231,8 @@ def _candidate_roots(store: Store, root: str | os.PathLike | None, source: Path 
     return out
 
 
-def _match(store: Store, paths: Iterable[str], roots: Sequence[str], feature: str
-           ) -> dict[str, tuple[np.ndarray | None, str | None]]:
+def _match(store: Store, paths: Iterable[str], roots: Sequence[str], feature: str,
+           transform: Callable | None = None) -> dict[str, tuple[np.ndarray | None, str | None]]:
     """Pair path -> (embedding or None, status or None); status None means not in the store.
 
     Streams the store once and keeps only rows some pair path can refer to."""
@@ -256,7 +256,7 @@ def _match(store: Store, paths: Iterable[str], roots: Sequence[str], feature: st
     by_rel: dict[str, str] = {}
     tail_rows: dict[str, set[str]] = {}
     for batch in store.iter_batches(features=(feature,), tasks=(), usable_only=False):
-        emb = batch.X[feature]
+        emb = batch.X[feature] if transform is None else transform(batch.X[feature])
         for i, (row_path, status) in enumerate(zip(batch.path, batch.status, strict=True)):
             key = _norm(row_path)
             hits_abs = abs_want.get(key)
@@ -289,13 +289,16 @@ def _match(store: Store, paths: Iterable[str], roots: Sequence[str], feature: st
 
 # --------------------------------------------------------------------------------- verify
 def verify(store: Store | str | os.PathLike, pairs: Any, *, root: str | os.PathLike | None = None,
-           feature: str = "embedding", report_dir: str | os.PathLike | None = None) -> dict:
+           feature: str = "embedding", report_dir: str | os.PathLike | None = None,
+           transform: Callable | None = None) -> dict:
     """Verification accuracy of the store's embeddings on a pair list.
 
     ``pairs``: a pair file (LFW ``pairs.txt`` or the CSV ``faceprobe pairs`` writes), or a list of
     ``faceprobe.data.lfw.Pair`` / ``(fold, path_a, path_b, same)`` / ``(path_a, path_b, same)``.
     ``root``: folder relative pair paths are resolved against (default: the store's dataset root,
     then the pair file's folder). ``report_dir``: also write ``verify.json`` and ``roc.png`` there.
+    ``transform``: maps a batch of the group's vectors to the space compared in (a margin head's
+    projection, ``faceprobe verify --model``).
     """
     store = store if isinstance(store, Store) else Store(store)
     plist, source = _as_pairs(pairs)
@@ -305,7 +308,7 @@ def verify(store: Store | str | os.PathLike, pairs: Any, *, root: str | os.PathL
         raise StoreError(f"store {store.path} has no feature group {feature!r} (it has "
                          f"{', '.join(store.feature_dims)})")
     roots = _candidate_roots(store, root, source)
-    table = _match(store, (p for _, a, b, _ in plist for p in (a, b)), roots, feature)
+    table = _match(store, (p for _, a, b, _ in plist for p in (a, b)), roots, feature, transform)
 
     used_a, used_b, same, folds = [], [], [], []
     skipped: Counter = Counter()

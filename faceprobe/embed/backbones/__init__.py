@@ -35,6 +35,10 @@ def _facenet(variant: str) -> Callable[..., Backbone]:
 
 def _arcface(spec: str) -> Callable[..., Backbone]:
     def make(weights=None, device="auto", precision="fp32"):
+        if spec == "arcface.mobilefacenet" and str(weights or "").endswith(".pt"):
+            # a PyTorch state dict of the same network (foamliu's, or `faceprobe finetune`'s)
+            from faceprobe.embed.backbones.mobilefacenet_torch import MobileFaceNetTorch
+            return MobileFaceNetTorch(weights=weights, device=device, precision=precision)
         from faceprobe.embed.backbones.arcface import ArcFaceOnnx
         return ArcFaceOnnx(weights=weights, device=device, precision=precision, spec=spec)
     return make
@@ -58,7 +62,8 @@ _REGISTRY: dict[str, tuple[Callable[..., Backbone], BackboneInfo]] = {
         False)),
     "arcface.mobilefacenet": (_arcface("arcface.mobilefacenet"), BackboneInfo(
         "arcface.mobilefacenet", "MobileFaceNet, ArcFace loss on MS-Celeb-1M (foamliu, ONNX, "
-        "4 MB), 128-d; RGB, ImageNet mean/std", 128, "similarity", False)),
+        "4 MB), 128-d; RGB, ImageNet mean/std; --weights FILE.pt runs a PyTorch state dict of "
+        "it (foamliu's or `faceprobe finetune`'s)", 128, "similarity", False)),
     "arcface.mobilefacenet-paddle": (_arcface("arcface.mobilefacenet-paddle"), BackboneInfo(
         "arcface.mobilefacenet-paddle", "MobileFaceNet, ArcFace loss, PaddlePaddle export (ONNX, "
         "4 MB), 128-d; RGB, (x-127.5)/127.5", 128, "similarity", False)),

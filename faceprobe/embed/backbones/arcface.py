@@ -170,21 +170,13 @@ def _session(model, device, threads: int | None = None):
 def cached_dynamic_batch_model(path: str | os.PathLike) -> bytes:
     """:func:`dynamic_batch_model`, kept in ``$FACEPROBE_HOME/cache`` under the file's sha256:
     editing needs ``import onnx`` (~1 s, mostly ml_dtypes) on every start otherwise."""
-    from faceprobe.embed.backbones.base import faceprobe_home
+    from faceprobe.embed.backbones.base import read_cache, write_cache
 
-    cache = faceprobe_home() / "cache" / f"{file_sha256(path)}.dynamic-batch.onnx"
-    try:
-        return cache.read_bytes()
-    except OSError:
-        pass
-    data = dynamic_batch_model(path)
-    try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, cache)
-    except OSError:  # a read-only home only costs the edit next time
-        pass
+    name = f"{file_sha256(path)}.dynamic-batch.onnx"
+    data = read_cache(name)
+    if data is None:
+        data = dynamic_batch_model(path)
+        write_cache(name, data)
     return data
 
 

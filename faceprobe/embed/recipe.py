@@ -137,6 +137,22 @@ def detection_options(recipe: Mapping[str, Any]) -> dict:
     return opts
 
 
+def check_extra_groups(recorded: Mapping[str, Any] | None, groups: Sequence[str], what: str
+                       ) -> None:
+    """Refuse to recompute an extra group (geometry68, hog, ...) that this faceprobe computes
+    differently from what ``recorded`` (a store's ``feature_provenance``) says: a head trained
+    on the old values would get new ones silently. Unrecorded groups (older bundles) pass."""
+    from faceprobe.embed.features import EXTRA_DIMS, provenance
+
+    for g in (g for g in groups if g in EXTRA_DIMS and g in (recorded or {})):
+        now = provenance([g])[g]
+        if recorded[g] != now:
+            keys = sorted(k for k in set(now) | set(recorded[g]) if now.get(k) != recorded[g].get(k))
+            raise BundleError(f"{what} was trained on {g} computed otherwise than this faceprobe "
+                              f"computes it ({', '.join(keys)} differ); re-embed the store (or "
+                              f"--add-features {g} into a fresh copy) and retrain")
+
+
 def _detector_file(d: Mapping[str, Any]) -> str | None:
     """The recorded detector file when it is still there with its hash, else None (the default
     file is resolved; a different one is refused naming both hashes)."""

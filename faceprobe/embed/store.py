@@ -81,7 +81,7 @@ _REQUIRED_META = ("backbone", "features", "vocabularies", "shard_size")
 # Manifest keys that must match for a run to resume into an existing store.
 _RESUME_KEYS = (
     "backbone", "weights_sha256", "alignment", "precision", "features", "dtype", "shard_size",
-    "records_sha256", "vocabularies", "chips",
+    "records_sha256", "vocabularies", "chips", "feature_provenance",
 )
 
 

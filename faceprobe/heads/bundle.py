@@ -77,7 +77,7 @@ def store_provenance(store: Any) -> dict[str, Any]:
             "weights_sha256": m.get("weights_sha256"), "alignment": m.get("alignment"),
             "precision": m.get("precision"), "dataset": m.get("dataset"),
             "records_sha256": m.get("records_sha256"), "features": store.feature_dims,
-            "recipe": recipe_of(m)}
+            "recipe": recipe_of(m), "feature_provenance": m.get("feature_provenance")}
 
 
 @dataclass

@@ -409,7 +409,7 @@ def score_images(bundle: Any, paths: Sequence[str | os.PathLike], out: str | os.
     out = check_output(out)
     try:
         from faceprobe.embed.pipeline import embed_images
-        from faceprobe.embed.recipe import build_backbones, detection_options
+        from faceprobe.embed.recipe import build_backbones, check_extra_groups, detection_options
     except ImportError as exc:
         raise ConfigError(f"scoring images needs the embed stage, which cannot be imported "
                           f"({exc}); embed the images with `faceprobe embed` and score the "
@@ -419,6 +419,8 @@ def score_images(bundle: Any, paths: Sequence[str | os.PathLike], out: str | os.
     backbones = build_backbones(recipe, weights=weights, device=device,
                                 what=f"bundle {bundle.path}")
     groups = bundle.features
+    check_extra_groups(bundle.meta.get("store", {}).get("feature_provenance"), list(groups),
+                       f"bundle {bundle.path}")
     options = detection_options(recipe)
 
     def batches():

@@ -125,8 +125,10 @@ class Predictor:
 def make_backbones(bundle: Bundle, weights=None) -> list:
     """The bundle's backbones with the weights and preprocessing of its training store's recipe
     (other weights are refused with one line naming both hashes)."""
-    from faceprobe.embed.recipe import build_backbones
+    from faceprobe.embed.recipe import build_backbones, check_extra_groups
 
+    check_extra_groups(bundle.meta.get("store", {}).get("feature_provenance"),
+                       list(bundle.features), f"bundle {bundle.path}")
     return build_backbones(bundle.recipe, weights=weights, what=f"bundle {bundle.path}")
 
 

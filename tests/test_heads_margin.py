@@ -97,7 +97,7 @@ def test_numpy_transform_reproduces_the_torch_network(data):
     the folding against the torch module it was exported from (with non-trivial BN stats)."""
     import torch
 
-    from faceprobe.heads import margin
+    from faceprobe.heads import margin_train as margin
 
     Xtr, ytr, Xnew = data[:3]
     head = MarginHead(out_dim=8, hidden=(16, 12), epochs=1).fit(Xtr[:200], ytr[:200])

@@ -147,7 +147,7 @@ def cmd_train(args) -> int:
 
 def _train_margin(args) -> int:
     from faceprobe.errors import ConfigError
-    from faceprobe.heads.margin import train_margin_store
+    from faceprobe.heads.margin_train import train_margin_store
 
     if args.head != "arcface" or args.tasks not in (None, "identity"):
         raise ConfigError("the identity task is learnt by --head arcface alone, and that head "

@@ -40,6 +40,15 @@ AUTO_MIN_FACE_FRACTION = 0.2
 MIN_FACE_FLOOR = 20
 
 
+def check_policies(multi_face: str, no_face: str) -> None:
+    """The face policies every detector takes, checked with one message each."""
+    from faceprobe.errors import ConfigError
+
+    if multi_face not in MULTI_FACE_POLICIES:
+        raise ConfigError(f"multi_face={multi_face!r}; choose one of {', '.join(MULTI_FACE_POLICIES)}")
+    if no_face not in NO_FACE_POLICIES:
+        raise ConfigError(f"no_face={no_face!r}; choose one of {', '.join(NO_FACE_POLICIES)}")
+
 
 @dataclass(frozen=True)
 class Detection:
@@ -202,10 +211,7 @@ class FaceDetector:
                  no_face: str = "skip", factor: float = 0.709):
         from faceprobe.errors import ConfigError
 
-        if multi_face not in MULTI_FACE_POLICIES:
-            raise ConfigError(f"multi_face={multi_face!r}; choose one of {', '.join(MULTI_FACE_POLICIES)}")
-        if no_face not in NO_FACE_POLICIES:
-            raise ConfigError(f"no_face={no_face!r}; choose one of {', '.join(NO_FACE_POLICIES)}")
+        check_policies(multi_face, no_face)
         if min_face_size is not None and min_face_size < 12:
             raise ConfigError(f"min_face_size={min_face_size}; MTCNN needs at least 12 pixels")
         if len(thresholds) != 3 or not all(0 < t < 1 for t in thresholds):

@@ -47,10 +47,9 @@ from pathlib import Path
 import numpy as np
 
 from faceprobe.embed.detect import (
-    MULTI_FACE_POLICIES,
-    NO_FACE_POLICIES,
     Detection,
     FaceDetector,
+    check_policies,
 )
 
 log = logging.getLogger(__name__)
@@ -209,10 +208,7 @@ class ScrfdDetector(FaceDetector):
         from faceprobe.embed.backbones.base import resolve_device
         from faceprobe.errors import ConfigError
 
-        if multi_face not in MULTI_FACE_POLICIES:
-            raise ConfigError(f"multi_face={multi_face!r}; choose one of {', '.join(MULTI_FACE_POLICIES)}")
-        if no_face not in NO_FACE_POLICIES:
-            raise ConfigError(f"no_face={no_face!r}; choose one of {', '.join(NO_FACE_POLICIES)}")
+        check_policies(multi_face, no_face)
         if not 0 < score_threshold < 1:
             raise ConfigError(f"score_threshold={score_threshold}; give a value in (0, 1)")
         if not 0 < iou_threshold <= 1:

@@ -118,21 +118,20 @@ def _detector(cfg: PrepareConfig) -> FaceDetector:
     return _DETECTORS[key]
 
 
-def resolve_detector(detector: str, weights=None) -> tuple[str | None, str | None]:
-    """(weights file, its sha256) of ``detector`` (None, None for MTCNN, whose weights ship
-    inside facenet-pytorch); unknown names and missing files fail here, before any image."""
+def resolve_detector(detector: str, weights=None) -> str | None:
+    """The weights file of ``detector`` (None for MTCNN, whose weights ship inside
+    facenet-pytorch; the recipe hashes it); unknown names and missing files fail here, before
+    any image."""
     if detector not in DETECTORS:
         raise ConfigError(f"unknown detector {detector!r}; choose one of {', '.join(DETECTORS)}")
     if detector == "mtcnn":
         if weights:
             raise ConfigError("--detector-weights is for --detector scrfd; MTCNN's weights ship "
                               "with facenet-pytorch")
-        return None, None
+        return None
     from faceprobe.embed.detect_scrfd import ScrfdDetector
-    from faceprobe.files import file_sha256
 
-    path = ScrfdDetector._resolve(weights)
-    return str(path), file_sha256(path)
+    return str(ScrfdDetector._resolve(weights))
 
 
 def _one_line(exc: BaseException) -> str:
@@ -599,7 +598,7 @@ def embed_dataset(records: Iterable[FaceRecord], out: str | os.PathLike, backbon
     if limit is not None:
         records = records[:max(0, int(limit))]
     features, keep_chips = split_chips(features)
-    detector_weights, _ = resolve_detector(detector, detector_weights)
+    detector_weights = resolve_detector(detector, detector_weights)
     bbs = make_backbones(backbone, weights, device, precision)
     bb = bbs[0]
     if align is not None:
@@ -685,7 +684,7 @@ def embed_images(paths: Iterable[str | os.PathLike], backbone, *, weights=None,
     records = [FaceRecord(path=str(Path(p)), dataset="images") for p in paths]
     bbs = make_backbones(backbone, weights, device, precision)
     groups = _check_options(multi_face, no_face, "detect", features, bbs)
-    detector_weights, _ = resolve_detector(detector, detector_weights)
+    detector_weights = resolve_detector(detector, detector_weights)
     cfg = prepare_config(bbs, groups, multi_face=multi_face, no_face=no_face,
                          min_face_size=min_face_size, max_pixels=max_pixels, detector=detector,
                          detector_weights=detector_weights)

@@ -70,7 +70,7 @@ Decisions:
   most fits well before 100 epochs).
 - The torch loop and the store-level training (``train_margin_store`` and its helpers) are in
   ``faceprobe.heads.margin_train``, imported by ``fit`` only: loading a bundle and ``transform``
-  never load it. Its public names stay importable from here (``__getattr__`` below).
+  never load it.
 """
 
 from __future__ import annotations
@@ -418,16 +418,3 @@ class MarginHead(HeadMixin):
             if len(s["mean"]) != self.feature_groups_[g] or len(s["std"]) != len(s["mean"]):
                 raise ConfigError(f"{HEAD}: scaler of {g!r} does not match its dimension "
                                   f"{self.feature_groups_[g]}")
-
-
-# moved to margin_train; importable from here, loaded on first use (margin_train imports this)
-_MOVED = frozenset({"arcface_logits", "identification_accuracy", "load_identity_rows",
-                    "fit_margin_on_split", "train_margin_store", "_torch_net", "_train", "_export"})
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED:
-        from faceprobe.heads import margin_train
-
-        return getattr(margin_train, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

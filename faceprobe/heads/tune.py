@@ -579,7 +579,8 @@ def tune_store(store: Store | str | os.PathLike, tasks: str | Sequence[str] | No
     store = store if isinstance(store, Store) else Store(store)
     margin = head == "margin"
     if margin:
-        from faceprobe.heads.margin import TASK, load_identity_rows
+        from faceprobe.heads.margin import TASK
+        from faceprobe.heads.margin_train import load_identity_rows
 
         if tasks not in (None, TASK, [TASK], (TASK,)):
             raise ConfigError(f"--head {head} learns an identity space; --tasks must be {TASK}, "
@@ -626,7 +627,8 @@ def tune_store(store: Store | str | os.PathLike, tasks: str | Sequence[str] | No
     base = {"tasks": tasks, "features": groups, "class_weighting": class_weighting, "seed": seed}
 
     def run_margin(hp) -> dict[str, float]:
-        from faceprobe.heads.margin import MarginHead, identification_accuracy
+        from faceprobe.heads.margin import MarginHead
+        from faceprobe.heads.margin_train import identification_accuracy
 
         model = MarginHead(features=groups, seed=seed,
                            epochs=int(hp.values.get("tuner/epochs", max_epochs)),
@@ -764,7 +766,8 @@ def _refit_margin(best, best_values, head, tuner, directory, scored, data, split
                   seed, max_epochs, out, overwrite, log, start, run_now) -> TuneResult:
     """The margin head's refit: the best trial's fit again (same seed, same weights and score),
     then train + validation identities (see the module docstring)."""
-    from faceprobe.heads.margin import MarginHead, fit_margin_on_split
+    from faceprobe.heads.margin import MarginHead
+    from faceprobe.heads.margin_train import fit_margin_on_split
 
     model = MarginHead(features=groups, seed=seed, epochs=max_epochs,
                        **head_params(head, best_values, [], 0))

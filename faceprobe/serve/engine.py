@@ -192,6 +192,12 @@ class Scorer:
         self.gallery = gallery
         self.max_pixels = max_pixels
         self.backbones = make_backbones(bundle, weights)
+        from faceprobe.embed.recipe import detection_options
+
+        # the recipe's detection settings (resolved once: a recorded detector file is hashed),
+        # but every face: a photo is shown with all of them
+        self.detection = {**detection_options(bundle.recipe), "multi_face": "all",
+                          "max_pixels": max_pixels}
         self.lock = threading.Lock()
         if warm_up:
             with tempfile.TemporaryDirectory(prefix="faceprobe-serve-") as tmp:
@@ -201,13 +207,9 @@ class Scorer:
 
     def _embed(self, paths: list[Path]) -> list[dict]:
         from faceprobe.embed.pipeline import embed_images
-        from faceprobe.embed.recipe import detection_options
 
-        # the recipe's detection settings, but every face: a photo is shown with all of them
-        options = {**detection_options(self.bundle.recipe), "multi_face": "all",
-                   "max_pixels": self.max_pixels}
         return embed_images(paths, self.backbones, features=tuple(self.groups), workers=0,
-                            **options)
+                            **self.detection)
 
     def score(self, uploads: list, preview: bool = True) -> dict[str, Any]:
         """One result per upload (in order), each with its faces; see the API docs."""

@@ -93,13 +93,11 @@ def _cache_name(key: str) -> str:
 
 
 def onnx_model(model: torch.nn.Module, key: str) -> bytes:
-    """``model`` (both outputs) as an ONNX graph with a symbolic batch, cached in
-    ``$FACEPROBE_HOME/cache`` under ``key`` (the weights' hash) and the torch version."""
+    """``model`` (both outputs) exported as an ONNX graph with a symbolic batch, and kept in
+    ``$FACEPROBE_HOME/cache`` under ``key`` (the weights' hash) and the torch version, where
+    the constructor looks first (a cached graph that does not load is exported again)."""
     import io
 
-    data = read_cache(_cache_name(key))
-    if data is not None:
-        return data
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
@@ -111,14 +109,20 @@ def onnx_model(model: torch.nn.Module, key: str) -> bytes:
     return buf.getvalue()
 
 
-def random_state_dict() -> dict:
-    """The seeded random weights (``weights='random'``) as a weights file holds them (batch
-    norms not folded): for tests and benchmarks that need a file or a plain InceptionResnetV1."""
+def _random_model() -> torch.nn.Module:
+    """InceptionResnetV1 with the seeded random weights of ``weights='random'`` (two runs embed
+    identically: tests, benchmarks)."""
     from facenet_pytorch import InceptionResnetV1
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(RANDOM_SEED)
-        return InceptionResnetV1(pretrained=None, classify=False).state_dict()
+        return InceptionResnetV1(pretrained=None, classify=False)
+
+
+def random_state_dict() -> dict:
+    """The seeded random weights as a weights file holds them (batch norms not folded): for
+    tests and benchmarks that need a file or a plain InceptionResnetV1."""
+    return _random_model().state_dict()
 
 
 def _fold_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
@@ -178,17 +182,14 @@ class FaceNet(TorchBackbone):
         """The torch network (built on first use when the onnxruntime graph came from the
         cache)."""
         if self._model is None:
-            self._build(None if self.weights_path is None else self.weights_path)
+            self._build(self.weights_path)
         return self._model
 
     def _build(self, path) -> torch.nn.Module:
         from facenet_pytorch import InceptionResnetV1
 
         if path is None:
-            # seeded so that two runs with random weights embed identically (tests, benchmarks)
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(RANDOM_SEED)
-                model = InceptionResnetV1(pretrained=None, classify=False)
+            model = _random_model()
         else:
             model = InceptionResnetV1(pretrained=None, classify=False)
             try:

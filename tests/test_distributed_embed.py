@@ -20,9 +20,10 @@ import pytest
 import ray  # not skipped when missing: `make test` installs the ray extra
 
 from faceprobe.data.records import FaceRecord
-from faceprobe.embed.distributed import _FAULT_ENV, embed_dataset_ray
+from faceprobe.embed.distributed import embed_dataset_ray
 from faceprobe.embed.pipeline import embed_dataset
 from faceprobe.embed.store import _RESUME_KEYS, Store
+from faceprobe.faults import RAY_FAULTS as _FAULT_ENV
 
 FIXTURES = Path(__file__).resolve().parent / "data"
 BACKBONE = "dlib.resnet"

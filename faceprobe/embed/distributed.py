@@ -51,16 +51,13 @@ from typing import Any
 
 import numpy as np
 
+from faceprobe import faults
 from faceprobe.data.records import FaceRecord
 from faceprobe.embed.images import DEFAULT_MAX_PIXELS
 from faceprobe.errors import ConfigError, FaceprobeError, WeightsError
 
 ENGINES = ("local", "ray")
 INSTALL_HINT = "pip install 'faceprobe[ray]'"
-# Test hook (tests/test_distributed_embed.py only): when this is set in the actors' environment,
-# a shard holding a path that contains "fault-exit" kills its actor and one with "fault-raise"
-# raises, so the bounded-retry paths run on purpose. Unset in every real run.
-_FAULT_ENV = "FACEPROBE_TEST_RAY_FAULTS"
 
 
 def _import_ray():
@@ -105,15 +102,6 @@ def _backbone_spec(bb, weights, align: str | None = None) -> dict:
             getattr(bb, "weights_path", None)
     return {"name": bb.name, "weights": None if weights is None else str(weights),
             "precision": bb.precision, "weights_sha256": bb.weights_sha256, "align": align}
-
-
-def _fault(records: Sequence[FaceRecord]) -> str | None:
-    if not os.environ.get(_FAULT_ENV):
-        return None
-    for kind in ("exit", "raise"):
-        if any(f"fault-{kind}" in r.path for r in records):
-            return kind
-    return None
 
 
 class ShardEmbedder:
@@ -168,7 +156,7 @@ class ShardEmbedder:
         for shard, text in zip(batch["shard"], batch["records"], strict=True):
             shard = int(shard)
             records = [record_from_dict(d) for d in json.loads(text)]
-            fault = _fault(records)
+            fault = faults.ray_fault(r.path for r in records)  # bounded-retry tests
             if fault == "exit":
                 os._exit(3)
             rows, err, tries = None, None, 0

@@ -30,7 +30,6 @@ import json
 import os
 import re
 import socket
-import time
 import weakref
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -41,7 +40,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from faceprobe import __version__
+from faceprobe import __version__, faults
 from faceprobe.data.vocab import is_regression
 from faceprobe.embed import chips as chip_codec
 from faceprobe.embed.recipe import recipe_of
@@ -124,11 +123,7 @@ def _now() -> str:
 
 
 def _replace(tmp: Path, path: Path) -> None:
-    # Test hook, used only by tests/reliability: a pause before each rename lets a SIGKILL land
-    # inside the rename window on purpose instead of by luck. Unset in every real run.
-    pause = os.environ.get("FACEPROBE_TEST_PAUSE_BEFORE_RENAME")
-    if pause:
-        time.sleep(float(pause))
+    faults.pause(faults.PAUSE_BEFORE_RENAME)  # reliability tests kill inside this window
     os.replace(tmp, path)
 
 

@@ -32,13 +32,13 @@ import hashlib
 import json
 import math
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from faceprobe import faults
 from faceprobe.embed.backbones.mobilefacenet_torch import INPUT_SIZE
 from faceprobe.errors import ConfigError
 
@@ -170,9 +170,7 @@ def _differences(old: dict, new: dict) -> str:
 def _save_checkpoint(path: Path, blob: dict) -> None:
     """``blob`` to ``path`` with :func:`_write_atomic`."""
     _write_atomic(path, lambda f: torch.save(blob, f))
-    pause = os.environ.get("FACEPROBE_TEST_PAUSE_AFTER_CHECKPOINT")
-    if pause:  # test hook (tests/test_finetune.py): a window to SIGKILL this process in
-        time.sleep(float(pause))
+    faults.pause(faults.PAUSE_AFTER_CHECKPOINT)  # the kill test's window
 
 
 def _load_checkpoint(ckpt_path: Path, fingerprint: dict, workdir: Path) -> dict | None:

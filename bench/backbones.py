@@ -45,7 +45,8 @@ EMBED_OPTIONS = {"utkface": {"no_face": "whole_image"},
 
 def store_for(dataset: str, backbones: list[str], weights, workdir: Path) -> Path:
     from faceprobe.data.registry import get_reader
-    from faceprobe.embed.pipeline import add_features, embed_dataset, format_summary
+    from faceprobe.embed.add_features import add_features
+    from faceprobe.embed.pipeline import embed_dataset, format_summary
     from faceprobe.embed.store import Store
 
     root = SHARED / dataset
@@ -55,8 +56,8 @@ def store_for(dataset: str, backbones: list[str], weights, workdir: Path) -> Pat
     if not (out / "manifest.json").exists() or not Store(out).info()["complete"]:
         s = embed_dataset(reader.records(), out, ",".join(backbones), weights=weights,
                           vocabularies=reader.vocabularies(), dataset=dataset,
-                          root=str(root.resolve()), show_progress=False,
-                          **EMBED_OPTIONS.get(dataset, {}))
+                          root=str(root.resolve()), show_progress=False, detector="mtcnn",
+                          **EMBED_OPTIONS.get(dataset, {}))  # the README's numbers: MTCNN
         print(format_summary(s), f"({time.perf_counter() - t0:.0f}s)", flush=True)
     missing = [b for b in backbones[1:] if b not in Store(out).feature_dims]
     if missing:

@@ -87,7 +87,8 @@ def faceprobe_run(paths, precision: str, threads: int, workers: int, batch_size:
     with tempfile.TemporaryDirectory() as d:
         t0 = time.perf_counter()
         summary = embed_dataset(recs, Path(d) / "s", bb, shard_size=shard_size or len(recs),
-                                batch_size=batch_size, workers=workers, show_progress=False)
+                                batch_size=batch_size, workers=workers, show_progress=False,
+                                detector="mtcnn")  # the README loop's detector
         seconds = time.perf_counter() - t0
         data = Store(Path(d) / "s").load()
     embs = dict(zip(data.path.tolist(), data.X["embedding"], strict=True))

@@ -25,10 +25,10 @@ experiences them. Pairs (faceprobe vs baseline, run back to back):
 faceprobe reads a temporary folder of symlinks to the N images (reader ``folder``, names keep the
 sorted order) and writes a fresh store with ``--no-progress --json``; its own images/s (the embed
 pass without imports and model loading) is printed next to the whole-process rate, and so is each
-baseline's in-loop rate. The baselines are ``python bench/embed_speed.py _baseline NAME ...``:
-this file imports nothing heavy at module level, so they pay only for what they use. Every process
-gets the same environment (no thread settings: torch and onnxruntime use all cores, faceprobe its
-default worker count). Faces embedded by each side are counted, and embeddings of the images both
+baseline's in-loop rate. The baselines (the loops in bench/speed_loops.py) are
+``python bench/embed_speed.py _baseline NAME ...``: neither file imports anything heavy at module
+level, so they pay only for what they use. Every process gets the same environment (no thread
+settings: torch and onnxruntime use all cores, faceprobe its default worker count). Faces embedded by each side are counted, and embeddings of the images both
 sides embedded are compared (cosine; for random FaceNet weights also after centering, see
 bench/embed.py). Only ratios from the same run mean anything on a shared machine; the load
 average is recorded.
@@ -53,16 +53,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from speed_loops import BASELINES  # bench/ is sys.path[0] when this runs as a script
+
 REPO = Path(__file__).resolve().parents[1]
 LFW = REPO.parent / "shared" / "data" / "lfw" / "lfw-deepfunneled"
 WEIGHTS = REPO.parent / "shared" / "weights" / "mobilefacenet-foamliu.onnx"
 CONTENDERS = ("arcface", "dlib", "facenet")
 TARGETS = {"arcface": 3.0, "dlib": 1.6, "facenet": 4.0}
 USABLE = ("ok", "multi_face_chosen", "no_face_fallback", "dataset_landmarks")
-FACENET_SEED = 0  # faceprobe.embed.backbones.facenet.RANDOM_SEED
-# insightface's ArcFace 112x112 template (insightface.utils.face_align.arcface_dst)
-ARCFACE_DST = [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
-               [41.5493, 92.3655], [70.7299, 92.2041]]
 
 
 def log(msg: str) -> None:
@@ -78,94 +76,7 @@ def lfw_paths(root: Path, n: int) -> list[str]:
     return paths[:n]
 
 
-# --- the baselines (run as `_baseline NAME`, each in its own process) --------------------------
-
-def _baseline_arcface(paths: list[str], weights: str, ort_spinning: bool = True):
-    import numpy as np
-    import onnxruntime as ort
-    from facenet_pytorch import MTCNN
-    from PIL import Image
-    from skimage.transform import SimilarityTransform, warp
-
-    mtcnn = MTCNN(keep_all=False)
-    opts = ort.SessionOptions()  # defaults, as insightface creates its sessions
-    if not ort_spinning:  # idle ORT threads otherwise busy-wait next to MTCNN's torch threads
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    sess = ort.InferenceSession(weights, sess_options=opts, providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    dst = np.array(ARCFACE_DST)
-    mean = np.array([0.485, 0.456, 0.406])
-    std = np.array([0.229, 0.224, 0.225])
-    embs, faces = {}, 0
-    t0 = time.perf_counter()
-    for p in paths:
-        img = Image.open(p).convert("RGB")
-        boxes, _, points = mtcnn.detect(img, landmarks=True)
-        if boxes is None:
-            continue
-        # facenet-pytorch 2.6 returns object arrays under numpy 2: a user needs the cast too
-        tform = SimilarityTransform.from_estimate(np.asarray(points[0], np.float64), dst)
-        if not tform:
-            continue
-        chip = warp(np.asarray(img), tform.inverse, output_shape=(112, 112), order=1,
-                    preserve_range=True)
-        x = ((chip / 255.0 - mean) / std).transpose(2, 0, 1)[None].astype(np.float32)
-        emb = sess.run(None, {name: x})[0][0]
-        embs[p] = emb / np.linalg.norm(emb)
-        faces += 1
-    return embs, faces, time.perf_counter() - t0
-
-
-def _baseline_dlib(paths: list[str], weights: str, ort_spinning: bool = True):
-    import importlib.util
-
-    import dlib
-    import numpy as np
-    from PIL import Image
-
-    spec = importlib.util.find_spec("face_recognition_models")
-    models = Path(spec.submodule_search_locations[0]) / "models"
-    detector = dlib.get_frontal_face_detector()
-    sp = dlib.shape_predictor(str(models / "shape_predictor_5_face_landmarks.dat"))
-    fr = dlib.face_recognition_model_v1(str(models / "dlib_face_recognition_resnet_model_v1.dat"))
-    embs, faces = {}, 0
-    t0 = time.perf_counter()
-    for p in paths:
-        img = np.array(Image.open(p).convert("RGB"))  # face_recognition.load_image_file
-        found = []
-        for det in detector(img, 1):
-            shape = sp(img, det)
-            found.append((det, np.array(fr.compute_face_descriptor(img, shape))))
-        faces += len(found)
-        if found:  # for the agreement check only: the face nearest the image centre
-            cx, cy = img.shape[1] / 2, img.shape[0] / 2
-            embs[p] = min(found, key=lambda f: (f[0].center().x - cx) ** 2
-                          + (f[0].center().y - cy) ** 2)[1]
-    return embs, faces, time.perf_counter() - t0
-
-
-def _baseline_facenet(paths: list[str], weights: str, ort_spinning: bool = True):
-    import torch
-    from facenet_pytorch import MTCNN, InceptionResnetV1
-    from PIL import Image
-
-    mtcnn = MTCNN(image_size=160, margin=14)  # faceprobe's facenet crop settings
-    torch.manual_seed(FACENET_SEED)  # faceprobe's seeded random weights
-    resnet = InceptionResnetV1(pretrained=None, classify=False).eval()
-    embs, faces = {}, 0
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        for p in paths:
-            img = Image.open(p).convert("RGB")
-            face = mtcnn(img)
-            if face is not None:
-                embs[p] = resnet(face.unsqueeze(0))[0].numpy()
-                faces += 1
-    return embs, faces, time.perf_counter() - t0
-
-
-BASELINES = {"arcface": _baseline_arcface, "dlib": _baseline_dlib, "facenet": _baseline_facenet}
-
+# --- a baseline loop's own process (`_baseline NAME`) -------------------------------------------
 
 def run_baseline_child(argv: list[str]) -> None:
     ap = argparse.ArgumentParser(prog="embed_speed.py _baseline")
@@ -225,7 +136,8 @@ def run_faceprobe(name: str, args, folder: Path, work: Path, env: dict) -> dict:
     out = work / f"store-{name}"
     shutil.rmtree(out, ignore_errors=True)
     cmd = [*faceprobe_cmd(), "embed", "folder", "--root", str(folder), "--out", str(out),
-           *faceprobe_args(name, args), "--no-progress", "--json", "--overwrite"]
+           *faceprobe_args(name, args), "--no-progress", "--json", "--overwrite",
+           "--detector", "mtcnn"]  # the baselines detect with MTCNN: like for like
     seconds, stdout = timed(cmd, env, f"faceprobe embed ({name})")
     summary = json.loads(stdout[stdout.index("{"):])
     faces = sum(v for k, v in summary["status"].items() if k in USABLE)

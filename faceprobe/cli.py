@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
 from faceprobe import __version__
 from faceprobe.commands import COMMAND_MODULES
@@ -29,12 +30,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    # a user reads what to do, not which line of faceprobe raised it
+    return f"faceprobe: warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    warnings.formatwarning = _one_line_warning
     try:
         result = args.func(args)
     except FaceprobeError as exc:

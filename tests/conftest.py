@@ -24,3 +24,19 @@ def shared_data() -> Path:
         pytest.skip(f"real data not available at {SHARED_DATA}")
     return SHARED_DATA
 
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_faceprobe_home(tmp_path_factory):
+    """Every test sees an empty $FACEPROBE_HOME unless it sets its own: weights or caches in the
+    user's ~/.faceprobe (an SCRFD file turns `--detector auto` into SCRFD) must not change what
+    the tests measure."""
+    import os
+
+    old = os.environ.get("FACEPROBE_HOME")
+    os.environ["FACEPROBE_HOME"] = str(tmp_path_factory.mktemp("faceprobe_home"))
+    yield
+    if old is None:
+        os.environ.pop("FACEPROBE_HOME", None)
+    else:
+        os.environ["FACEPROBE_HOME"] = old

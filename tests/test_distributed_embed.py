@@ -22,7 +22,8 @@ import ray  # not skipped when missing: `make test` installs the ray extra
 from faceprobe.data.records import FaceRecord
 from faceprobe.embed.distributed import embed_dataset_ray
 from faceprobe.embed.pipeline import embed_dataset
-from faceprobe.embed.store import _RESUME_KEYS, Store
+from faceprobe.embed.store import Store
+from faceprobe.embed.store.manifest import _RESUME_KEYS
 from faceprobe.faults import RAY_FAULTS as _FAULT_ENV
 
 FIXTURES = Path(__file__).resolve().parent / "data"
@@ -90,15 +91,15 @@ def test_align_override_on_ray_matches_local_engine(tmp_path, ray_session):
     embeddings and the manifest equal the local engine's."""
     import argparse
 
-    from faceprobe.embed.distributed import add_engine_arguments, run_embed
+    from faceprobe.embed.distributed import add_engine_arguments, embed_with_engine
 
     recs = _records(4)
     kw = {"shard_size": 2, "batch_size": 2, "show_progress": False, "device": "cpu",
           "backbone": BACKBONE, "align": "similarity"}
     p = argparse.ArgumentParser()
     add_engine_arguments(p)
-    local = run_embed(p.parse_args([]), recs, out=tmp_path / "local", workers=0, **kw)
-    dist = run_embed(p.parse_args(["--engine", "ray", "--actors", "1"]), recs,
+    local = embed_with_engine(p.parse_args([]), recs, out=tmp_path / "local", workers=0, **kw)
+    dist = embed_with_engine(p.parse_args(["--engine", "ray", "--actors", "1"]), recs,
                      out=tmp_path / "ray", **kw)
     assert dist["engine"] == "ray" and dist["status"] == local["status"]
     ma, mb = Store(tmp_path / "local").meta, Store(tmp_path / "ray").meta
@@ -111,7 +112,7 @@ def test_align_override_on_ray_matches_local_engine(tmp_path, ray_session):
     assert ok.sum() == 4 and np.array_equal(ok, ~np.isnan(b[:, 0]))
     assert (1 - _cos(a[ok], b[ok])).max() < 1e-5
     # either engine resumes the other's aligned store
-    again = run_embed(p.parse_args(["--engine", "ray"]), recs, out=tmp_path / "local", **kw)
+    again = embed_with_engine(p.parse_args(["--engine", "ray"]), recs, out=tmp_path / "local", **kw)
     assert again["shards_written"] == 0 and again["shards_skipped"] == 2
 
 
@@ -185,7 +186,7 @@ def test_killed_driver_resumes_without_duplicates(tmp_path, ray_session):
 def test_without_ray_the_engine_says_how_to_install(monkeypatch):
     import argparse
 
-    from faceprobe.embed.distributed import add_engine_arguments, run_embed
+    from faceprobe.embed.distributed import add_engine_arguments, embed_with_engine
     from faceprobe.errors import FaceprobeError
 
     p = argparse.ArgumentParser()
@@ -194,7 +195,7 @@ def test_without_ray_the_engine_says_how_to_install(monkeypatch):
     assert (args.engine, args.actors, args.gpus_per_actor, args.address) == ("ray", 3, 0.5, None)
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
     with pytest.raises(FaceprobeError, match=r"pip install 'faceprobe\[ray\]'"):
-        run_embed(args, [], out="x", backbone=BACKBONE)
+        embed_with_engine(args, [], out="x", backbone=BACKBONE)
 
 
 def test_actors_that_cannot_load_the_backbone_stop_the_run_with_one_line(tmp_path, ray_session):

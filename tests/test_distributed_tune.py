@@ -13,7 +13,10 @@ import pytest
 from faceprobe.errors import ConfigError
 from faceprobe.heads.bundle import load_bundle
 from faceprobe.heads.synthetic import write_synthetic_store
-from faceprobe.heads.tune import DONE, PROJECT, TRIAL_RECORD, parse_oracle, tune_store
+from faceprobe.heads.tune import tune_store
+from faceprobe.heads.tune_distributed import DONE, parse_oracle
+from faceprobe.heads.tune_state import PROJECT
+from faceprobe.heads.tune_trial import TRIAL_RECORD
 
 TRIALS = 6
 
@@ -87,7 +90,12 @@ def test_worker_whose_chief_left_after_the_search_ends_cleanly(tmp_path):
     exists the call is retried."""
     import grpc
 
-    from faceprobe.heads.tune import _mark_done, _PatientStub, _search_done, _SearchOver
+    from faceprobe.heads.tune_distributed import (
+        _mark_done,
+        _PatientStub,
+        _search_done,
+        _SearchOver,
+    )
 
     class Timeout(grpc.RpcError):
         def code(self):
@@ -116,10 +124,10 @@ def test_worker_whose_chief_left_after_the_search_ends_cleanly(tmp_path):
 
 
 def test_late_worker_returns_without_a_chief_once_the_search_is_done(tmp_path, monkeypatch):
-    from faceprobe.heads import tune
-    from faceprobe.heads.tune import _mark_done
+    from faceprobe.heads import tune_distributed
+    from faceprobe.heads.tune_distributed import _mark_done
 
-    monkeypatch.setattr(tune, "CHIEF_WAIT_S", 3)  # fail fast rather than wait for no chief
+    monkeypatch.setattr(tune_distributed, "CHIEF_WAIT_S", 3)  # fail fast rather than wait for no chief
 
     store = write_synthetic_store(tmp_path / "s", 200, 8)
     d = tmp_path / "d"
@@ -150,7 +158,7 @@ def test_distributed_options_are_checked(tmp_path):
 def test_chief_requeues_trials_left_running_by_a_dead_worker():
     from types import SimpleNamespace
 
-    from faceprobe.heads.tune import _requeue_orphans
+    from faceprobe.heads.tune_distributed import _requeue_orphans
 
     oracle = SimpleNamespace(ongoing_trials={"worker-a-1": SimpleNamespace(trial_id="3")},
                              _retry_queue=[])

@@ -5,7 +5,8 @@ import pytest
 
 from faceprobe.data.registry import get_reader
 from faceprobe.embed.backbones import create_backbone
-from faceprobe.embed.pipeline import embed_dataset, with_alignment
+from faceprobe.embed.pipeline import embed_dataset
+from faceprobe.embed.prepare import with_alignment
 from faceprobe.embed.store import Store
 from faceprobe.errors import ConfigError
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from faceprobe.data.registry import get_reader
-from faceprobe.embed.pipeline import add_features, embed_dataset, embed_images
+from faceprobe.embed.add_features import add_features
+from faceprobe.embed.pipeline import embed_dataset, embed_images
 from faceprobe.embed.recipe import build_backbones, recipe_of
 from faceprobe.embed.store import Store
 from faceprobe.errors import BundleError, ConfigError, StoreError
@@ -64,9 +65,9 @@ def test_add_features_adds_a_backbone_without_detecting_again(mtfl, tmp_path, mo
     root, records, reader, store, _ = mtfl
     embed_dataset(records, tmp_path / "one", "dlib.resnet", workers=0, show_progress=False,
                   vocabularies=reader.vocabularies())
-    import faceprobe.embed.pipeline as pipeline
+    import faceprobe.embed.prepare as prepare
 
-    monkeypatch.setattr(pipeline, "_detector", lambda cfg: pytest.fail("detected again"))
+    monkeypatch.setattr(prepare, "get_detector", lambda *a: pytest.fail("detected again"))
     s = add_features(tmp_path / "one", ["facenet.vggface2"], backbone="dlib.resnet",
                      weights="random", workers=0, show_progress=False)
     assert s["added"] == ["facenet.vggface2"] and s["shards_written"] == 1

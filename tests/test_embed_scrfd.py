@@ -62,7 +62,15 @@ def test_resuming_with_another_detector_is_refused(scrfd_store):
     root, records, reader, _, _ = scrfd_store
     with pytest.raises(StoreError, match="recipe"):
         embed_dataset(records, root / "s", "dlib.resnet", workers=0, show_progress=False,
-                      vocabularies=reader.vocabularies())
+                      vocabularies=reader.vocabularies(), detector="mtcnn")
+
+
+def test_auto_resumes_with_the_stores_detector(scrfd_store):
+    # $FACEPROBE_HOME holds no SCRFD file here, yet auto keeps the store's detector
+    root, records, reader, _, _ = scrfd_store
+    again = embed_dataset(records, root / "s", "dlib.resnet", workers=0, show_progress=False,
+                          vocabularies=reader.vocabularies(), detector_weights=str(SCRFD))
+    assert again["detector"] == "scrfd" and again["shards_written"] == 0
 
 
 def test_detector_errors_are_one_line(fixtures_dir, tmp_path, capsys):

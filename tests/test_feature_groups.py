@@ -98,7 +98,7 @@ def test_groups_computed_in_the_embed_pass(tmp_path, dlib_bb):
 
 
 def test_add_features_equals_computing_them_at_once(tmp_path, dlib_bb):
-    from faceprobe.embed.pipeline import add_features
+    from faceprobe.embed.add_features import add_features
 
     recs = _records(tmp_path)
     _embed(recs, tmp_path / "once", dlib_bb, ("embedding", "geometry68", "hog"), workers=0)
@@ -128,7 +128,7 @@ def test_add_features_equals_computing_them_at_once(tmp_path, dlib_bb):
 
 
 def test_add_features_refusals(tmp_path, dlib_bb):
-    from faceprobe.embed.pipeline import add_features
+    from faceprobe.embed.add_features import add_features
     from faceprobe.errors import ConfigError
 
     _embed(_records(tmp_path, 3), tmp_path / "s", dlib_bb, ("embedding",), workers=0)
@@ -141,7 +141,7 @@ def test_add_features_refusals(tmp_path, dlib_bb):
 
 
 def test_heads_default_to_every_group_and_bundle_names_missing_group(tmp_path, dlib_bb):
-    from faceprobe.embed.pipeline import add_features
+    from faceprobe.embed.add_features import add_features
     from faceprobe.errors import BundleError
     from faceprobe.heads.bundle import load_bundle
     from faceprobe.heads.train import load_rows, train_store

@@ -140,7 +140,7 @@ def test_keras_model_reproduces_the_torch_trained_network(monkeypatch, tmp_path,
     import keras
     import torch
 
-    from faceprobe.heads.keras_head import _standardised
+    from faceprobe.heads.keras_torch import _standardised
 
     nets = _capture_torch_net(monkeypatch)
     a = synthetic_arrays(800, 12, seed=5, noise=0.8)
@@ -169,7 +169,7 @@ def test_saved_model_declares_the_l2_the_training_applied(monkeypatch, tmp_path,
     output heads); the saved model must declare L2(weight_decay) on exactly those Dense layers."""
     import keras
 
-    from faceprobe.heads.keras_head import _decayed_kernels
+    from faceprobe.heads.keras_torch import _decayed_kernels
 
     (X, y), _ = data
     nets = _capture_torch_net(monkeypatch)

@@ -97,7 +97,7 @@ def test_numpy_transform_reproduces_the_torch_network(data):
     the folding against the torch module it was exported from (with non-trivial BN stats)."""
     import torch
 
-    from faceprobe.heads import margin_train as margin
+    from faceprobe.heads import margin_torch as margin
 
     Xtr, ytr, Xnew = data[:3]
     head = MarginHead(out_dim=8, hidden=(16, 12), epochs=1).fit(Xtr[:200], ytr[:200])
@@ -122,7 +122,7 @@ def test_arcface_logits_add_the_margin_on_the_true_class_only():
 
     import torch
 
-    from faceprobe.heads.margin_train import arcface_logits
+    from faceprobe.heads.margin_torch import arcface_logits
 
     cos = torch.tensor([[0.5, 0.2, -0.1], [0.9, -0.99, 0.3]])
     y = torch.tensor([0, 1])
@@ -299,7 +299,8 @@ def test_attribute_bundles_have_no_transform(tmp_path):
 
 
 def test_search_space_and_a_short_search(store, tmp_path):
-    from faceprobe.heads.tune import head_params, search_space, tune_store
+    from faceprobe.heads.search_space import head_params, search_space
+    from faceprobe.heads.tune import tune_store
 
     space = search_space("margin", ["identity"], 10)
     assert [s["name"] for s in space] == ["out_dim", "depth", "width", "s", "m"]

@@ -9,7 +9,8 @@ from faceprobe.errors import ConfigError
 from faceprobe.heads.bundle import load_bundle
 from faceprobe.heads.keras_head import KerasHead
 from faceprobe.heads.synthetic import write_synthetic_store
-from faceprobe.heads.tune import FINGERPRINT, tune_store
+from faceprobe.heads.tune import tune_store
+from faceprobe.heads.tune_state import FINGERPRINT
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +61,7 @@ def test_bad_options(store, tmp_path):
 def test_baseline_refit_takes_each_tasks_best_trial(store, tmp_path):
     """A baseline is one model per task: the refit takes each task's values from the trial
     that scored best on that task, as recorded in the directory."""
-    from faceprobe.heads.tune import PROJECT
+    from faceprobe.heads.tune_state import PROJECT
 
     d = tmp_path / "search"
     res = tune_store(store, "gender,race", head="logreg", tuner="random", trials=6, directory=d,
@@ -86,7 +87,7 @@ def test_baseline_refit_takes_each_tasks_best_trial(store, tmp_path):
 @pytest.mark.parametrize("tuner", ["random", "bayes"])
 def test_same_seed_same_trials_in_a_fresh_directory(store, tmp_path, tuner):
     """The default seed 0 must reproduce: KerasTuner reads an oracle seed of 0 as 'none'."""
-    from faceprobe.heads.tune import PROJECT
+    from faceprobe.heads.tune_state import PROJECT
 
     def trials(d):
         tune_store(store, "gender", head="logreg", tuner=tuner, trials=3, directory=d, seed=0)
@@ -102,7 +103,7 @@ def test_bayes_search_runs_past_its_random_initial_points(store, tmp_path, monke
     Gaussian process (fewer trials than initial points would never reach it). Reproducible too."""
     import keras_tuner as kt
 
-    from faceprobe.heads.tune import PROJECT
+    from faceprobe.heads.tune_state import PROJECT
 
     oracle = kt.oracles.BayesianOptimizationOracle
     calls = {"random": 0, "populate": 0}
@@ -134,7 +135,7 @@ def test_bayes_search_runs_past_its_random_initial_points(store, tmp_path, monke
 def test_mlp_trials_train_as_the_refit_does(store, tmp_path):
     """A trial's fit and the refit's first fit are one training (batch size, patience, epochs,
     seed), so the refit's validation score is the best trial's score, not a different model's."""
-    from faceprobe.heads.tune import PROJECT
+    from faceprobe.heads.tune_state import PROJECT
 
     res = tune_store(store, "gender,race", head="mlp", tuner="random", trials=2,
                      directory=tmp_path / "d", max_epochs=12)

@@ -8,7 +8,8 @@ W - (c+0.5).
 
 import numpy as np
 
-from faceprobe.landmarks.rcnn import box_from_points, choose_detection, hflip, hflip_targets
+from faceprobe.landmarks.rcnn import choose_detection
+from faceprobe.landmarks.rcnn_data import box_from_points, hflip, hflip_targets
 
 W, H = 10, 8
 # left_eye, right_eye, nose, mouth_left, mouth_right at pixel centres

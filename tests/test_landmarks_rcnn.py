@@ -19,16 +19,15 @@ from faceprobe.data.mtfl import parse_line
 from faceprobe.embed.store import Store, StoreWriter, file_sha256, shard_name
 from faceprobe.errors import WeightsError
 from faceprobe.landmarks.extra import list_extras, read_extra
-from faceprobe.landmarks.rcnn import (
-    CHECKPOINT,
+from faceprobe.landmarks.rcnn_data import LandmarkDataset, box_from_points, samples_from_store
+from faceprobe.landmarks.rcnn_model import (
     CLASSES,
-    LandmarkDataset,
-    box_from_points,
     build_model,
     init_from_weights,
+    load_state,
     resolve_weights,
-    samples_from_store,
 )
+from faceprobe.landmarks.rcnn_train import CHECKPOINT
 
 SAMPLE = Path(faceprobe.__file__).parent / "sample" / "mtfl"
 
@@ -65,9 +64,11 @@ def test_train_resume_predict_evaluate_on_cpu(tmp_path, capsys):
     model = tmp_path / "model"
     common = [str(st.path), "--out", str(model), "--weights", "none", "--image-size", "128",
               "--batch-size", "2", "--max-iters", "1", "--rois-per-image", "4",
-              "--device", "cpu", "--json"]
+              "--device", "cpu", "--holdout", "0.3", "--json"]
     r = run_json(capsys, ["landmarks", "train", *common, "--epochs", "1"])
-    assert r["epochs_done"] == 1 and r["faces"] == 16 and r["history"][0]["iters"] == 1
+    held = r["skipped"]["held_out"]
+    assert 0 < held < 16 and r["faces"] == 16 - held and r["history"][0]["iters"] == 1
+    assert r["config"]["backbone"] == "mobilefacenet"
     assert np.isfinite(r["history"][0]["loss_keypoint"])
     ckpt = torch.load(model / CHECKPOINT, weights_only=True)
     assert ckpt["epoch"] == 1 and {"model", "optimizer", "scheduler", "config"} <= set(ckpt)
@@ -96,6 +97,13 @@ def test_train_resume_predict_evaluate_on_cpu(tmp_path, capsys):
     e = run_json(capsys, ["landmarks", "evaluate", str(test.path), "--source", "rcnn", "--json"])
     assert {"nme", "per_point", "failure_rate", "evaluated", "missing"} <= set(e)
     assert e["evaluated"] + e["missing"] == 4 and len(e["per_point"]) == 5
+
+    assert e["rows_trained_on_left_out"] == 0
+
+    # on the training store, only the held-out images are scored
+    run_json(capsys, [*predict[:3], str(st.path), *predict[4:]])
+    e = run_json(capsys, ["landmarks", "evaluate", str(st.path), "--source", "rcnn", "--json"])
+    assert e["rows_trained_on_left_out"] == 16 - held and e["evaluated"] + e["missing"] == held
 
     e = run_json(capsys, ["landmarks", "evaluate", str(test.path), "--json"])
     assert e["evaluated"] == 2 and e["missing"] == 2  # detected points on half the rows
@@ -157,3 +165,28 @@ def test_training_samples_boxes_and_gender_classes(tmp_path):
     assert image.shape[0] == 3 and 0 <= float(image.min()) and float(image.max()) <= 1
     assert target["keypoints"].shape == (1, 5, 3) and (target["keypoints"][..., 2] == 1).all()
     assert torch.equal(target["keypoints"][0, :, :2], torch.from_numpy(faces[0].points))
+
+
+def test_mobilefacenet_state_dict_fills_the_fpn_body(tmp_path):
+    from faceprobe.embed.backbones.mobilefacenet_torch import MobileFaceNet
+
+    torch.manual_seed(1)
+    state = MobileFaceNet().state_dict()
+    path = tmp_path / "mfn.pt"
+    torch.save(state, path)
+    cfg = {"backbone": "mobilefacenet", "classes": "face", "image_size": 128, "pretrained": True}
+    model = build_model(cfg)
+    info = init_from_weights(model, load_state(path), path)
+    assert info["kind"] == "mobilefacenet" and info["reinitialised"] == []
+    body = model.backbone.body.net.state_dict()
+    assert torch.equal(body["features.3.conv.0.0.weight"], state["features.3.conv.0.0.weight"])
+    assert torch.equal(body["conv2.1.running_var"], state["conv2.1.running_var"])
+    # pretrained: batch norm keeps its statistics in training mode, the stem stays fixed
+    model.train()
+    assert not model.backbone.body.net.conv2[1].training
+    assert not any(p.requires_grad for p in model.backbone.body.net.conv1.parameters())
+    with pytest.raises(WeightsError, match="ResNet-50 backbone .* a mobilefacenet file"):
+        init_from_weights(build_model({**cfg, "backbone": "resnet50"}), state, path)
+    with pytest.raises(WeightsError, match="MobileFaceNet backbone .* a resnet50 file"):
+        resnet = build_model({"classes": "face", "image_size": 128}).backbone.body.state_dict()
+        init_from_weights(model, {**resnet, "fc.weight": torch.zeros(1)}, path)

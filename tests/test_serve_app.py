@@ -87,7 +87,7 @@ def client(trained):
 def _expected_misclassified(trained, task: str, split: str) -> int:
     """Off-diagonal sum of the report's confusion matrix on the same rows."""
     from faceprobe.heads.bundle import load_bundle
-    from faceprobe.report.build import evaluate
+    from faceprobe.heads.report import evaluate
 
     bundle, store, _ = trained
     metrics, _ = evaluate(load_bundle(bundle), Store(store), split=split, n_boot=10)

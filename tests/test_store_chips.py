@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 
 from faceprobe.data.registry import get_reader
+from faceprobe.embed.add_features import add_features
 from faceprobe.embed.align import align_face
 from faceprobe.embed.images import load_image
-from faceprobe.embed.pipeline import add_features, embed_dataset
+from faceprobe.embed.pipeline import embed_dataset
 from faceprobe.embed.store import Store
 from faceprobe.errors import StoreError
 

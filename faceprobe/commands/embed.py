@@ -51,10 +51,13 @@ def register(subparsers) -> None:
     p.add_argument("--align", choices=("similarity", "crop", "dlib5"), default=None,
                    help="alignment override (default: the backbone's: crop for FaceNet, "
                         "similarity for ArcFace, dlib5 for dlib); see README for measurements")
-    p.add_argument("--detector", default="mtcnn", choices=("mtcnn", "scrfd"),
-                   help="face detector: mtcnn (default; weights ship with facenet-pytorch) or "
-                        "scrfd (SCRFD-2.5GF with 5 keypoints on onnxruntime; found a face in all "
-                        "3,334 MTFL images; recorded in the recipe and replayed by score/serve)")
+    p.add_argument("--detector", default="auto", choices=("auto", "mtcnn", "scrfd"),
+                   help="face detector: auto (default: scrfd when scrfd_2.5g_bnkps.onnx is in "
+                        "$FACEPROBE_HOME/weights, else mtcnn with a warning; a resumed store "
+                        "keeps its own), mtcnn (weights ship with facenet-pytorch) or scrfd "
+                        "(SCRFD-2.5GF with 5 keypoints on onnxruntime, downloaded when missing "
+                        "and online; better points and alignment, see README). The choice is "
+                        "recorded in the recipe and replayed by score/serve")
     p.add_argument("--detector-weights", default=None, metavar="FILE",
                    help="SCRFD's ONNX file (default: scrfd_2.5g_bnkps.onnx from "
                         "$FACEPROBE_HOME/weights, or its download)")
@@ -143,7 +146,7 @@ def register(subparsers) -> None:
 
 def run_embed(args: argparse.Namespace) -> int:
     from faceprobe.data.registry import get_reader
-    from faceprobe.embed.distributed import run_embed as run_engine
+    from faceprobe.embed.distributed import embed_with_engine
     from faceprobe.embed.pipeline import format_summary
 
     if args.add_features is not None:
@@ -154,15 +157,16 @@ def run_embed(args: argparse.Namespace) -> int:
         from faceprobe.errors import ConfigError
 
         extra = [g for g in features if g in EXTRA_GROUPS or g == "chips"]
-        if args.detector != "mtcnn":
+        if args.detector == "scrfd":
             raise ConfigError("--engine ray detects with MTCNN only; use --engine local for "
                               f"--detector {args.detector}")
+        args.detector = "mtcnn"  # what auto means on Ray
         if extra:
             raise ConfigError(f"--engine ray computes the backbone's groups only, not "
                               f"{', '.join(extra)}; embed with --engine local, or add them "
                               f"afterwards with --add-features {','.join(extra)}")
     reader = get_reader(args.dataset, args.root, strict=args.strict)
-    summary = run_engine(
+    summary = embed_with_engine(
         args, reader.records(), out=args.out, backbone=args.backbone, weights=args.weights,
         shard_size=args.shard_size, batch_size=args.batch_size, device=args.device,
         precision=args.precision, workers=args.workers, limit=args.limit,
@@ -172,7 +176,7 @@ def run_embed(args: argparse.Namespace) -> int:
         dataset=reader.name, root=str(Path(args.root).resolve()), repair=args.repair,
         **({"align": args.align} if args.align else {}),
         **({"detector": args.detector, "detector_weights": args.detector_weights}
-           if args.detector != "mtcnn" or args.detector_weights else {}),
+           if getattr(args, "engine", "local") != "ray" else {}),
     )
     _report_problems(reader.problems)
     if args.json:
@@ -183,7 +187,7 @@ def run_embed(args: argparse.Namespace) -> int:
 
 
 def _run_add_features(args: argparse.Namespace) -> int:
-    from faceprobe.embed.pipeline import add_features
+    from faceprobe.embed.add_features import add_features
 
     groups = [g.strip() for g in args.add_features.split(",") if g.strip()]
     s = add_features(args.out, groups, backbone=args.backbone, weights=args.weights,

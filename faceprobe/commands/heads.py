@@ -216,7 +216,7 @@ def cmd_score(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from faceprobe.heads.evaluate import format_metrics, parse_label_map
-    from faceprobe.report.build import evaluate_to_report
+    from faceprobe.heads.report import evaluate_to_report
 
     res = evaluate_to_report(args.model, args.store, args.report, split=args.split,
                              label_map=parse_label_map(args.label_map))

@@ -31,7 +31,7 @@ def _compare(args) -> int:
 
 
 def _demo(args) -> int:
-    from faceprobe.report.demo import run_demo
+    from faceprobe.pipelines.demo import run_demo
 
     run_demo(args.out, trials=args.trials)
     return 0

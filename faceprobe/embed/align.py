@@ -26,6 +26,9 @@ Decisions:
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 from PIL import Image
 
@@ -128,6 +131,16 @@ def align_crop(image: np.ndarray | Image.Image, box: np.ndarray, size: int, marg
 _DLIB_SHAPE5 = None
 
 
+def dlib_models_dirs() -> list[Path]:
+    """face_recognition_models' model folder (dlib's predictors and ResNet), found without
+    importing that package: its ``__init__`` imports pkg_resources, which current setuptools no
+    longer ships. Here because both this module and the dlib.resnet backbone load from it."""
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    return [Path(p) / "models" for p in spec.submodule_search_locations]
+
+
 def _dlib_shape5():
     """dlib's 5-point shape predictor, loaded once per process (worker)."""
     global _DLIB_SHAPE5
@@ -135,10 +148,9 @@ def _dlib_shape5():
         import dlib
 
         from faceprobe.embed.backbones.base import resolve_weights
-        from faceprobe.embed.backbones.dlib_resnet import _package_models_dir
 
         path = resolve_weights("shape_predictor_5_face_landmarks.dat", None, None,
-                               extra_dirs=_package_models_dir(), what="dlib 5-point predictor")
+                               extra_dirs=dlib_models_dirs(), what="dlib 5-point predictor")
         _DLIB_SHAPE5 = dlib.shape_predictor(str(path))
     return _DLIB_SHAPE5
 

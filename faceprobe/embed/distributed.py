@@ -112,13 +112,13 @@ class ShardEmbedder:
         import torch
 
         from faceprobe.embed.backbones import create_backbone
-        from faceprobe.embed.pipeline import PrepareConfig
+        from faceprobe.embed.prepare import PrepareConfig
 
         torch.set_num_threads(max(1, int(threads)))  # fixed per process, as in the local engine
         self.bb = create_backbone(spec["name"], weights=spec["weights"], device=device,
                                   precision=spec["precision"])
         if spec.get("align"):  # --align: the same override the local engine applies
-            from faceprobe.embed.pipeline import with_alignment
+            from faceprobe.embed.prepare import with_alignment
             self.bb.config = with_alignment(self.bb.config, spec["align"])
         if self.bb.weights_sha256 != spec["weights_sha256"]:
             raise WeightsError(
@@ -131,25 +131,20 @@ class ShardEmbedder:
         self.groups, self.batch_size, self.max_retries = tuple(groups), batch_size, max_retries
 
     def embed_shard(self, shard: int, records: list[FaceRecord]) -> list[dict]:
-        from faceprobe.embed.pipeline import (
-            CHUNK,
-            _detector,
-            _Embedder,
-            _finish,
-            _iter_chunks,
-            detect_align,
-        )
+        from faceprobe.embed.embedder import ChipEmbedder, finish_rows
+        from faceprobe.embed.prepare import detect_align, detector_for
+        from faceprobe.embed.workers import CHUNK, iter_chunks
 
         chunks = [(shard, records[k:k + CHUNK]) for k in range(0, len(records), CHUNK)]
-        embedder = _Embedder([self.bb], self.groups, self.batch_size)
+        embedder = ChipEmbedder([self.bb], self.groups, self.batch_size)
         rows: list[dict] = []
-        for _, _, part in _iter_chunks(chunks, self.cfg, self.detect_here, 0):
+        for _, _, part in iter_chunks(chunks, self.cfg, self.detect_here, 0):
             if not self.detect_here:
-                part = detect_align(part, self.cfg, _detector(self.cfg))
+                part = detect_align(part, self.cfg, detector_for(self.cfg))
             embedder.add(part)
             rows.extend(part)
         embedder.flush()
-        return _finish(rows)
+        return finish_rows(rows)
 
     def __call__(self, batch: dict) -> dict:
         shards, results, attempts = [], [], []
@@ -179,16 +174,16 @@ class ShardEmbedder:
 
 
 def _one_line(exc: BaseException | None) -> str:
-    from faceprobe.embed.pipeline import _one_line as one_line
+    from faceprobe.embed.prepare import one_line
     return one_line(exc) if exc is not None else "unknown error"
 
 
 def failed_rows(records: Sequence[FaceRecord], message: str) -> list[dict]:
-    from faceprobe.embed.pipeline import _base_row
+    from faceprobe.embed.prepare import base_row
 
     rows = []
     for rec in records:
-        row = _base_row(rec)
+        row = base_row(rec)
         row.pop("chip", None)
         row["status"], row["error"] = "error", f"{rec.path}: {message}"
         rows.append(row)
@@ -232,12 +227,12 @@ def embed_dataset_ray(records: Iterable[FaceRecord], out: str | os.PathLike, bac
     backbone to read its metadata: actors use CUDA exactly when ``gpus_per_actor`` > 0.
     ``num_cpus`` sizes the private Ray started when ``address`` is None (default: all CPUs)."""
     from faceprobe.embed.backbones.base import Backbone
-    from faceprobe.embed.pipeline import (
-        _check_options,
+    from faceprobe.embed.prepare import with_alignment
+    from faceprobe.embed.run_config import (
         build_meta,
+        check_options,
         make_backbones,
         prepare_config,
-        with_alignment,
     )
     from faceprobe.embed.store import StoreWriter
 
@@ -264,7 +259,7 @@ def embed_dataset_ray(records: Iterable[FaceRecord], out: str | os.PathLike, bac
     bb = bbs[0]
     if align is not None:  # before the manifest is built, so it records the override
         bb.config = with_alignment(bb.config, align)
-    groups = _check_options(multi_face, no_face, landmarks, features, bbs)
+    groups = check_options(multi_face, no_face, landmarks, features, bbs)
     prepare = {"multi_face": multi_face, "no_face": no_face, "min_face_size": min_face_size,
                "landmarks": landmarks, "max_pixels": max_pixels}
     cfg = prepare_config(bbs, groups, **prepare)
@@ -415,7 +410,7 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
                    help="GPUs per actor, e.g. 0.5 packs two actors on a GPU (default 0: CPU)")
 
 
-def run_embed(args: argparse.Namespace, records: Iterable[FaceRecord], **kwargs) -> dict:
+def embed_with_engine(args: argparse.Namespace, records: Iterable[FaceRecord], **kwargs) -> dict:
     """``embed_dataset`` or ``embed_dataset_ray`` per ``args.engine``; kwargs are
     embed_dataset's (out=..., backbone=..., shard_size=..., ...)."""
     engine = getattr(args, "engine", "local") or "local"

@@ -32,7 +32,6 @@ Decisions:
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -82,19 +81,13 @@ def split_groups(groups: Sequence[str], backbone_groups: Sequence[str]
             tuple(g for g in groups if g in EXTRA_DIMS))
 
 
-def _package_models_dirs() -> list[Path]:
-    spec = importlib.util.find_spec("face_recognition_models")
-    if spec is None or not spec.submodule_search_locations:
-        return []
-    return [Path(p) / "models" for p in spec.submodule_search_locations]
-
-
 def shape68_path() -> Path:
     """The 68-point model: $FACEPROBE_HOME/weights, else face-recognition-models' folder (found
     without importing that package, whose __init__ needs pkg_resources)."""
+    from faceprobe.embed.align import dlib_models_dirs
     from faceprobe.embed.backbones.base import resolve_weights
 
-    return resolve_weights(SHAPE68_FILE, None, None, extra_dirs=_package_models_dirs(),
+    return resolve_weights(SHAPE68_FILE, None, None, extra_dirs=dlib_models_dirs(),
                            what="dlib 68-point shape predictor")
 
 

@@ -129,8 +129,9 @@ def detection_options(recipe: Mapping[str, Any]) -> dict:
     d = recipe.get("detection") or {}
     opts = {"multi_face": d.get("multi_face", "central"), "no_face": d.get("no_face", "skip"),
             "min_face_size": d.get("min_face_size")}
-    if d.get("detector", "mtcnn") != "mtcnn":
-        opts["detector"] = d["detector"]
+    # always named: embed_images' default (auto) must never stand in for the recorded detector
+    opts["detector"] = d.get("detector", "mtcnn")
+    if opts["detector"] != "mtcnn":
         opts["detector_weights"] = _detector_file(d)
     if d.get("max_pixels"):
         opts["max_pixels"] = int(d["max_pixels"])

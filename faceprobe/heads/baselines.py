@@ -19,7 +19,7 @@ Decisions:
   processes hold the cores), the same effect as for torch (see common.py).
 - ``task_params`` overrides hyperparameters for single tasks ({"race": {"C": 2.0}}): the models
   are independent, so the tuner picks each task's values from its own validation score (see
-  tune.py) instead of one compromise for all tasks.
+  tune_refit.py) instead of one compromise for all tasks.
 - Age is regressed on the standardised target (mean/std kept in ``age_scale_``), so SVR's
   ``epsilon`` and ``C`` mean the same whatever the age range; predictions are clipped at 0.
 """

@@ -46,6 +46,7 @@ from faceprobe import __version__
 from faceprobe.embed.recipe import recipe_of
 from faceprobe.errors import BundleError
 from faceprobe.files import file_sha256
+from faceprobe.jsonable import jsonable
 
 FORMAT = "faceprobe-bundle"
 FORMAT_VERSION = 1
@@ -55,20 +56,6 @@ KERAS_FILE = "model.keras"
 MARGIN_FILE = "weights.npz"
 MARGIN_KIND = "margin"
 _SAFE_PREFIXES = ("sklearn.", "numpy.", "builtins.", "scipy.sparse.")
-
-
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj
 
 
 def store_provenance(store: Any) -> dict[str, Any]:
@@ -255,7 +242,7 @@ def save_bundle(model: Any, out: str | os.PathLike, *, store: Any = None,
             **({"out_dim": state["out_dim"]} if kind == MARGIN_KIND else {}),
             **dict(extra or {}),
         }
-        (tmp / META).write_text(json.dumps(_jsonable(meta), indent=1, sort_keys=True))
+        (tmp / META).write_text(json.dumps(jsonable(meta), indent=1, sort_keys=True))
         sums = {p.name: file_sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         (tmp / CHECKSUMS).write_text(json.dumps(sums, indent=1, sort_keys=True))
         if out.exists():

@@ -96,6 +96,16 @@ def fit_scaler(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean.astype(np.float32), std.astype(np.float32)
 
 
+def fold_scaler(scalers: Mapping[str, Mapping], groups: Sequence[str], W: np.ndarray,
+                b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The first layer ``x @ W + b`` with the groups' input standardisation ``(x - mean) / std``
+    folded in (float64), so scoring skips the scaler."""
+    mean = np.concatenate([np.asarray(scalers[g]["mean"], np.float64) for g in groups])
+    std = np.concatenate([np.asarray(scalers[g]["std"], np.float64) for g in groups])
+    W, b = np.asarray(W, np.float64), np.asarray(b, np.float64)
+    return W / std[:, None], b - (mean / std) @ W
+
+
 def resolve_tasks(tasks: Iterable[str] | str | None, y: Mapping[str, np.ndarray], head: str
                   ) -> list[str]:
     if tasks is None:
@@ -217,7 +227,7 @@ class HeadMixin:
 
 
 class EarlyStopping:
-    """The best-epoch bookkeeping of the torch training loops (``keras_head``, ``margin_train``):
+    """The best-epoch bookkeeping of the torch training loops (``keras_torch``, ``margin_torch``):
     ``update`` after each epoch keeps a copy of the weights of the epoch with the lowest
     validation loss (an improvement is a drop of more than 1e-6) and says when ``patience``
     epochs in a row have not improved; ``restore`` loads that copy back. Disabled, every epoch

@@ -1,28 +1,16 @@
 """The multi-output Keras head: one shared trunk over stored embeddings, one output per task.
 
 Decisions:
-- The artifact is a Keras 3 functional model on the torch backend (``import faceprobe`` sets
-  KERAS_BACKEND): one ``Input`` per feature group, each standardised by a ``Normalization`` layer
-  fixed from the training rows, a trunk of Dense -> BatchNorm/LayerNorm -> ReLU -> Dropout, and one
-  softmax output per categorical task plus a linear unit for age. ``model.keras`` is
-  self-contained, loads with ``safe_mode=True`` and is what ``predict`` runs. ``scalers_`` keeps
-  the same numbers for ``bundle.json``.
 - Training runs the same network as a plain torch module and copies the weights into the Keras
   model afterwards. Measured on the 2-core box: ``keras.Model.fit`` spends 30-60 ms of Python per
   step on this 4-layer net (layer ``__call__`` bookkeeping), 20-30x the arithmetic, which made one
   10k-row fit take minutes and a 20-trial search impossible in 3 minutes; the torch loop takes
   ~2 ms a step. A test asserts the Keras model reproduces the torch outputs
   (``test_keras_model_reproduces_the_torch_trained_network``).
-- The loss is written out: each categorical output's loss is
-  ``sum_i w[y_i] * m_i * CE_i / max(sum_i m_i, 1)``, ``m`` masking rows whose label is missing
-  (code -1) and ``w`` the task's class weights (common.class_weights). Dividing by the labelled
-  count, not the batch size, keeps a task with many missing labels from being down-weighted. The
-  total is ``sum_t loss_weights[t] * loss_t`` + ``weight_decay * sum(W**2)`` over every dense
-  kernel, hidden and output layers alike (``_decayed_kernels``), and the saved model declares that
-  same ``L2(weight_decay)`` on each of those Dense layers (a test checks the two agree), so
-  ``model.keras`` says what was trained. Declaring it on the hidden layers only, as before,
-  described a model trained without decay on its outputs; keeping the training as measured and
-  fixing the declaration changes no number.
+- Where things are: this module is the estimator (parameters, targets, fit/refit, predict,
+  bundle state); ``keras_torch`` the torch network, loss and training loop; ``keras_model`` the
+  saved Keras model (its layers, the weight copy, the folded inference). Both are imported by
+  this one and import nothing of it.
 - Age in years is read as the expectation over the ``age_group`` softmax (``expected``, the
   default), using the mean training age inside each bin (not the bin midpoint: the open-ended
   last bin has none), or regressed on a standardised target with a Huber loss (``regression``;
@@ -35,15 +23,12 @@ Decisions:
   epoch count early stopping chose (what ``train``/``tune`` do once validation metrics are
   measured, as for the baselines: on UTKFace, mean of 4 seeds, test race 0.832 -> 0.841, gender
   0.880 -> 0.885, age MAE 5.50 -> 5.47).
-- Determinism: torch's RNG is seeded for initialisation, shuffling and dropout, and the loop runs
-  on one thread, so two fits with the same seed give identical weights on a CPU.
 - Labels in and out are the store's codes (sklearn's "same labels as y"); class names live in
   ``vocabularies_``.
 """
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -54,7 +39,6 @@ from faceprobe.data.vocab import AGE, AGE_GROUPS
 from faceprobe.errors import ConfigError
 from faceprobe.heads.common import (
     AGE_GROUP,
-    EarlyStopping,
     HeadMixin,
     as_dataset,
     check,
@@ -67,19 +51,15 @@ from faceprobe.heads.common import (
     present,
     resolve_tasks,
     task_labels,
-    train_epoch,
     vocab_for,
 )
+from faceprobe.heads.keras_model import _build_model, _copy_weights, _fused_layers, _run_fused
+from faceprobe.heads.keras_torch import _train_torch
 from faceprobe.threads import torch_threads
 
 HEAD = "KerasHead"
 _AGE_MIDPOINTS = [1.0, 6.0, 14.5, 24.5, 34.5, 44.5, 54.5, 64.5, 75.0]
-_HUBER_DELTA = 0.25
 _PREDICT_BATCH = 65536
-
-
-def _layer_name(prefix: str, task: str) -> str:
-    return f"{prefix}_{re.sub(r'[^0-9A-Za-z_]', '_', task)}"
 
 
 # The age regression loss (Huber on standardised years) is small beside the cross-entropies, so
@@ -217,7 +197,7 @@ class KerasHead(HeadMixin):
         with torch_threads(1):
             net, self.history_, self.best_epoch_ = _train_torch(self, ds, val, targets,
                                                                 val_targets, lw, callbacks)
-            self.model_ = self._build()
+            self.model_ = _build_model(self)
             _copy_weights(net, self.model_, self)
         self.fit_seconds_ = time.perf_counter() - start
         return self
@@ -243,39 +223,6 @@ class KerasHead(HeadMixin):
         self.best_epoch_ = best_epoch
         return self
 
-    def _build(self):
-        import keras
-        from keras import layers
-
-        inputs, parts = {}, []
-        for g, dim in self.feature_groups_.items():
-            inp = keras.Input((dim,), name=g)
-            s = self.scalers_[g]
-            norm = layers.Normalization(mean=np.asarray(s["mean"]),
-                                        variance=np.square(np.asarray(s["std"])),
-                                        name=_layer_name("scale", g))
-            inputs[g] = inp
-            parts.append(norm(inp))
-        x = parts[0] if len(parts) == 1 else layers.Concatenate(name="features")(parts)
-        reg = keras.regularizers.L2(float(self.weight_decay)) if self.weight_decay else None
-        for i, width in enumerate(self.hidden):
-            x = layers.Dense(int(width), kernel_regularizer=reg, name=f"dense_{i}")(x)
-            if self.norm == "batch":
-                x = layers.BatchNormalization(name=f"bn_{i}")(x)
-            elif self.norm == "layer":
-                x = layers.LayerNormalization(name=f"ln_{i}")(x)
-            x = layers.Activation("relu", name=f"relu_{i}")(x)
-            if self.dropout:
-                x = layers.Dropout(float(self.dropout), name=f"dropout_{i}")(x)
-        outputs = {}
-        for t in self.outputs_:
-            if t == AGE:
-                outputs[t] = layers.Dense(1, kernel_regularizer=reg, name=_layer_name("out", t))(x)
-            else:
-                outputs[t] = layers.Dense(len(self.vocabularies_[t]), activation="softmax",
-                                          kernel_regularizer=reg, name=_layer_name("out", t))(x)
-        return keras.Model(inputs, outputs, name="faceprobe_head")
-
     # ---------------------------------------------------------------- predict
     def _check_fitted(self) -> None:
         if not hasattr(self, "model_"):
@@ -284,8 +231,8 @@ class KerasHead(HeadMixin):
     def predict_outputs(self, X: Any, *, fused: bool = True) -> dict[str, np.ndarray]:
         """One forward pass: class probabilities per categorical output, age in years.
 
-        ``fused`` runs the folded network (see ``_fused_layers``) instead of calling the Keras
-        model; both give the same numbers up to float rounding (a test checks it)."""
+        ``fused`` runs the folded network (see ``keras_model._fused_layers``) instead of calling
+        the Keras model; both give the same numbers up to float rounding (a test checks it)."""
         import torch
 
         self._check_fitted()
@@ -294,12 +241,12 @@ class KerasHead(HeadMixin):
         if missing:
             raise ConfigError(f"{HEAD}: input lacks feature group(s) {', '.join(missing)}")
         n = len(ds)
-        layers = self._fused_layers() if fused and self.norm != "layer" else None
+        layers = _fused_layers(self) if fused and self.norm != "layer" else None
         out: dict[str, list[np.ndarray]] = {t: [] for t in self.outputs_}
         with torch.no_grad(), torch_threads(1):
             for lo in range(0, n, _PREDICT_BATCH):
                 batch = {g: ds.X[g][lo:lo + _PREDICT_BATCH] for g in self.feature_groups_}
-                res = self._run_fused(layers, batch) if layers else self._run_keras(batch)
+                res = _run_fused(self, layers, batch) if layers else self._run_keras(batch)
                 for t in self.outputs_:
                     out[t].append(res[t])
         res_np = {t: (np.concatenate(v) if v else np.zeros((0, 1), np.float32))
@@ -322,64 +269,6 @@ class KerasHead(HeadMixin):
 
         res = self.model_(batch, training=False)
         return {t: ops.convert_to_numpy(res[t]) for t in self.outputs_}
-
-    def _fused_layers(self):
-        """The Keras model's inference arithmetic with the input standardisation and each
-        BatchNorm folded into the adjacent Dense, and all output heads in one matrix: half the
-        elementwise passes and none of Keras' per-layer call overhead, which made scoring
-        compute-bound at ~80k rows/s."""
-        import torch
-
-        if getattr(self, "_fused", None) is not None:
-            return self._fused
-        mean = np.concatenate([np.asarray(self.scalers_[g]["mean"], np.float64)
-                               for g in self.feature_groups_])
-        std = np.concatenate([np.asarray(self.scalers_[g]["std"], np.float64)
-                              for g in self.feature_groups_])
-
-        def fold_input(W, b):  # x -> (x - mean) / std, then x @ W + b
-            return W / std[:, None], b - (mean / std) @ W
-
-        layers = []
-        first = True
-        for i in range(len(self.hidden)):
-            W, b = (np.asarray(a, np.float64) for a in self.model_.get_layer(f"dense_{i}").get_weights())
-            if first:
-                W, b = fold_input(W, b)
-                first = False
-            if self.norm == "batch":
-                bn = self.model_.get_layer(f"bn_{i}")
-                gamma, beta, mu, var = (np.asarray(a, np.float64) for a in bn.get_weights())
-                a = gamma / np.sqrt(var + bn.epsilon)
-                W, b = W * a, (b - mu) * a + beta
-            layers.append((W, b))
-        heads = [self.model_.get_layer(_layer_name("out", t)).get_weights() for t in self.outputs_]
-        W = np.concatenate([np.asarray(h[0], np.float64) for h in heads], axis=1)
-        b = np.concatenate([np.asarray(h[1], np.float64) for h in heads])
-        if first:
-            W, b = fold_input(W, b)
-        layers.append((W, b))
-        sizes = [np.asarray(h[1]).shape[0] for h in heads]
-        self._fused = ([(torch.from_numpy(W.astype(np.float32)), torch.from_numpy(b.astype(np.float32)))
-                        for W, b in layers], np.cumsum([0, *sizes]))
-        return self._fused
-
-    def _run_fused(self, fused, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import torch
-
-        layers, bounds = fused
-        groups = list(self.feature_groups_)
-        x = torch.from_numpy(np.ascontiguousarray(
-            batch[groups[0]] if len(groups) == 1 else np.concatenate([batch[g] for g in groups], 1),
-            dtype=np.float32))
-        for W, b in layers[:-1]:
-            x = torch.relu_(torch.addmm(b, x, W))
-        z = torch.addmm(layers[-1][1], x, layers[-1][0])
-        res = {}
-        for k, t in enumerate(self.outputs_):
-            part = z[:, bounds[k]:bounds[k + 1]]
-            res[t] = (part if t == AGE else torch.softmax(part, dim=1)).numpy()
-        return res
 
     # ---------------------------------------------------------------- bundle state
     def get_state(self) -> dict[str, Any]:
@@ -435,150 +324,3 @@ def _bin_means(y: Mapping[str, np.ndarray]) -> list[float]:
         if sel.any():
             means[k] = float(age[sel].mean())
     return means
-
-
-def _torch_net(head: KerasHead):
-    from torch import nn
-
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            width = sum(head.feature_groups_.values())
-            layers: list[nn.Module] = []
-            for h in head.hidden:
-                lin = nn.Linear(width, int(h))
-                layers.append(lin)
-                # the same eps/momentum as Keras' layers, so copied statistics mean the same
-                if head.norm == "batch":
-                    layers.append(nn.BatchNorm1d(int(h), eps=1e-3, momentum=0.01))
-                elif head.norm == "layer":
-                    layers.append(nn.LayerNorm(int(h), eps=1e-3))
-                layers.append(nn.ReLU())
-                if head.dropout:
-                    layers.append(nn.Dropout(float(head.dropout)))
-                width = int(h)
-            self.trunk = nn.Sequential(*layers)
-            self.heads = nn.ModuleList(
-                nn.Linear(width, 1 if t == AGE else len(head.vocabularies_[t]))
-                for t in head.outputs_)
-            for m in self.modules():
-                if isinstance(m, nn.Linear):  # Keras' Dense initialisation
-                    nn.init.xavier_uniform_(m.weight)
-                    nn.init.zeros_(m.bias)
-
-        def forward(self, x):
-            z = self.trunk(x)
-            return [h(z) for h in self.heads]
-
-    return Net()
-
-
-def _standardised(head: KerasHead, X: Mapping[str, np.ndarray]) -> np.ndarray:
-    parts = []
-    for g in head.feature_groups_:
-        s = head.scalers_[g]
-        parts.append((X[g] - np.asarray(s["mean"], np.float32)) / np.asarray(s["std"], np.float32))
-    return np.concatenate(parts, axis=1).astype(np.float32) if len(parts) > 1 \
-        else parts[0].astype(np.float32)
-
-
-def _decayed_kernels(net) -> list:
-    """The kernels the L2 term covers: every Linear's, trunk and output heads (``_build``
-    declares the regulariser on each of their Dense layers)."""
-    from torch import nn
-
-    return [m.weight for m in net.modules() if isinstance(m, nn.Linear)]
-
-
-def _train_torch(head, ds, val, targets, val_targets, lw, callbacks):
-    import torch
-    import torch.nn.functional as F
-
-    seed = int(head.seed)
-    torch.manual_seed(seed)
-    net = _torch_net(head)
-    gen = torch.Generator().manual_seed(seed)
-    xtr = torch.from_numpy(_standardised(head, ds.X))
-    xva = torch.from_numpy(_standardised(head, val.X)) if val is not None else None
-    ytr = [torch.from_numpy(np.asarray(targets[t], np.float32)) for t in head.outputs_]
-    yva = [torch.from_numpy(np.asarray(val_targets[t], np.float32)) for t in head.outputs_]
-    cws = [torch.tensor(head.class_weights_[t]) if t != AGE else None for t in head.outputs_]
-    weights = [lw[t] for t in head.outputs_]
-    kernels = _decayed_kernels(net)
-    opt = torch.optim.Adam(net.parameters(), lr=float(head.lr))
-
-    def task_losses(outs, ys):
-        losses = []
-        for out, y, cw in zip(outs, ys, cws, strict=True):
-            if cw is None:
-                m = ~torch.isnan(y)
-                err = (torch.where(m, y, 0.0) - out[:, 0]).abs()
-                quad = err.clamp(max=_HUBER_DELTA)
-                per = 0.5 * quad * quad + _HUBER_DELTA * (err - quad)
-            else:
-                m = y >= 0
-                yi = y.clamp(min=0).long()
-                per = F.cross_entropy(out, yi, reduction="none") * cw[yi]
-            mf = m.float()
-            losses.append((per * mf).sum() / mf.sum().clamp(min=1.0))
-        return losses
-
-    n, bs = len(xtr), int(head.batch_size)
-    history: dict[str, list[float]] = {"loss": [], "val_loss": []}
-    for t in head.outputs_:
-        history[f"val_{t}_loss"] = []
-
-    def batch_loss(idx):
-        outs = net(xtr[idx])
-        loss = sum(w * v for w, v in zip(weights, task_losses(outs, [y[idx] for y in ytr]),
-                                           strict=True))
-        if head.weight_decay:
-            loss = loss + float(head.weight_decay) * sum((k * k).sum() for k in kernels)
-        return loss
-
-    min_batch = 2 if head.norm == "batch" else 1  # BatchNorm cannot normalise a batch of one
-    stopper = EarlyStopping(head.patience, enabled=head.early_stopping)
-    for epoch in range(int(head.epochs)):
-        history["loss"].append(train_epoch(net, opt, n, bs, gen, batch_loss, min_batch))
-        val_loss = float("nan")
-        if xva is not None:
-            net.eval()
-            with torch.no_grad():
-                vl = [float(v) for v in task_losses(net(xva), yva)]
-            val_loss = sum(w * v for w, v in zip(weights, vl, strict=True))
-            history["val_loss"].append(val_loss)
-            for t, v in zip(head.outputs_, vl, strict=True):
-                history[f"val_{t}_loss"].append(v)
-        for cb in callbacks or ():
-            cb(epoch, {k: v[-1] for k, v in history.items() if v})
-        if head.verbose:
-            print(f"epoch {epoch + 1}: loss {history['loss'][-1]:.4f} val_loss {val_loss:.4f}",
-                  flush=True)
-        if stopper.update(net, epoch, val_loss):
-            break
-    stopper.restore(net)
-    net.eval()
-    return net, history, stopper.best_epoch
-
-
-def _copy_weights(net, model, head: KerasHead) -> None:
-    """torch module -> the Keras functional model (Dense kernels are transposed)."""
-    from torch import nn
-
-    def np_(t):
-        return t.detach().cpu().numpy()
-
-    mods = list(net.trunk)
-    i = 0
-    for m in mods:
-        if isinstance(m, nn.Linear):
-            model.get_layer(f"dense_{i}").set_weights([np_(m.weight).T, np_(m.bias)])
-        elif isinstance(m, nn.BatchNorm1d):
-            model.get_layer(f"bn_{i}").set_weights(
-                [np_(m.weight), np_(m.bias), np_(m.running_mean), np_(m.running_var)])
-        elif isinstance(m, nn.LayerNorm):
-            model.get_layer(f"ln_{i}").set_weights([np_(m.weight), np_(m.bias)])
-        elif isinstance(m, nn.ReLU):
-            i += 1
-    for t, lin in zip(head.outputs_, net.heads, strict=True):
-        model.get_layer(_layer_name("out", t)).set_weights([np_(lin.weight).T, np_(lin.bias)])

@@ -62,15 +62,15 @@ Decisions:
   default is a linear projection. The orthogonal initial projection starts the head as a
   rotation of the (standardised) input space, i.e. from the backbone's geometry: +0.03 on
   both. With 512-d inputs a wider space (out_dim 256) scored higher on this synthetic data,
-  whose identity signal spans most dimensions; out_dim is in the search space (heads/tune.py)
-  rather than guessed from the input width. On CelebA with only ~65 training people the head
-  matches the pretrained space but does not beat it: it pays off with many identities and a
-  backbone whose nuisance directions it can learn to remove (the synthetic case).
+  whose identity signal spans most dimensions; out_dim is in the search space (heads/
+  search_space.py) rather than guessed from the input width. On CelebA with only ~65 training
+  people the head matches the pretrained space but does not beat it: it pays off with many
+  identities and a backbone whose nuisance directions it can learn to remove (the synthetic case).
 - Fit time (one thread, shared box): 1,000 identities x 6 images, 10-50 s (early stopping ends
   most fits well before 100 epochs).
-- The torch loop and the store-level training (``train_margin_store`` and its helpers) are in
-  ``faceprobe.heads.margin_train``, imported by ``fit`` only: loading a bundle and ``transform``
-  never load it.
+- The torch loop is in ``faceprobe.heads.margin_torch``, imported by ``fit`` only: loading a
+  bundle and ``transform`` never load it. Training on a store (``train_margin_store``) is in
+  ``faceprobe.heads.margin_train``, which imports this module, never the reverse.
 """
 
 from __future__ import annotations
@@ -83,7 +83,14 @@ import numpy as np
 
 from faceprobe.embed.store import StoreData
 from faceprobe.errors import ConfigError
-from faceprobe.heads.common import HeadMixin, check, check_number, features_of, fit_scaler
+from faceprobe.heads.common import (
+    HeadMixin,
+    check,
+    check_number,
+    features_of,
+    fit_scaler,
+    fold_scaler,
+)
 from faceprobe.threads import torch_threads
 
 HEAD = "MarginHead"
@@ -256,7 +263,7 @@ class MarginHead(HeadMixin):
         for g in groups:
             mean, std = fit_scaler(_l2(Xk[g]))
             self.scalers_[g] = {"mean": mean.tolist(), "std": std.tolist()}
-        from faceprobe.heads.margin_train import _train  # torch: only when fitting
+        from faceprobe.heads.margin_torch import _train  # torch: only when fitting
 
         start = time.perf_counter()
         with torch_threads(1):
@@ -329,13 +336,8 @@ class MarginHead(HeadMixin):
         """The layers with the input scaler folded into the first matrix (float32)."""
         if getattr(self, "_folded", None) is not None:
             return self._folded
-        mean = np.concatenate([np.asarray(self.scalers_[g]["mean"], np.float64)
-                               for g in self.feature_groups_])
-        std = np.concatenate([np.asarray(self.scalers_[g]["std"], np.float64)
-                              for g in self.feature_groups_])
         layers = [(np.asarray(W, np.float64), np.asarray(b, np.float64)) for W, b in self.layers_]
-        W, b = layers[0]
-        layers[0] = (W / std[:, None], b - (mean / std) @ W)
+        layers[0] = fold_scaler(self.scalers_, self.feature_groups_, *layers[0])
         self._folded = [(W.astype(np.float32), b.astype(np.float32)) for W, b in layers]
         return self._folded
 

@@ -20,6 +20,7 @@ AUC@0.10 of both, failure rate (NME > 0.10), per point, per dataset and, when th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -34,19 +35,27 @@ SECOND_NORM = "box_size"
 _SUMMARY_KEYS = ("nme", "median", "failure_rate", "auc", "evaluated")
 
 
-def load_points(store: Store, source: str, tasks: tuple[str, ...] = ()
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, object]:
-    """(pred, true, boxes, rows) for every row of the store, failed detections included."""
-    data = store.load(features=(), tasks=list(tasks), usable_only=False)
+def load_points(store: Store, source: str, tasks: tuple[str, ...] = (),
+                splits: Sequence[str] | None = None
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, object, int]:
+    """(pred, true, boxes, rows, left_out) for the store's rows (of ``splits``), failed
+    detections included; for ``rcnn`` the rows whose image the model trained on are left out
+    (``left_out`` counts them)."""
+    data = store.load(features=(), tasks=list(tasks), splits=splits, usable_only=False)
     if source == "detected":
-        pred = data.landmarks_detected
-    elif source == "rcnn":
-        from faceprobe.landmarks.extra import read_extra
-
-        pred = read_extra(store, "landmarks_rcnn", data.row_id)
-    else:
+        return data.landmarks_detected, data.landmarks_dataset, data.box, data, 0
+    if source != "rcnn":
         raise StoreError(f"unknown landmark source {source!r}; choose one of {', '.join(SOURCES)}")
-    return pred, data.landmarks_dataset, data.box, data
+    from faceprobe.landmarks.extra import read_extra
+
+    pred = read_extra(store, "landmarks_rcnn", data.row_id)
+    try:
+        trained = read_extra(store, "rcnn_trained", data.row_id)
+    except StoreError:  # predicted by a version that did not record it: unknown
+        trained = np.full(len(data), np.nan, np.float32)
+    keep = trained != 1
+    data, pred = data.subset(keep), pred[keep]
+    return pred, data.landmarks_dataset, data.box, data, int((~keep).sum())
 
 
 def annotation_boxes(points: np.ndarray) -> np.ndarray:
@@ -133,13 +142,16 @@ def _summaries(pred, true, boxes, ann, norm: str, second: str) -> tuple[dict, di
 
 def evaluate_landmarks(store_path: str | Path, source: str = "detected",
                        norm: str = "interocular", report_dir: str | Path | None = None,
-                       n_overlays: int = 12, min_iou: float = MIN_IOU) -> dict:
+                       n_overlays: int = 12, min_iou: float = MIN_IOU,
+                       splits: Sequence[str] | None = None) -> dict:
+    """NME, CED, failures, per point / pose / dataset of ``source``'s points against the
+    dataset's, on the rows of ``splits`` (all by default) that the model did not train on."""
     if not 0 <= min_iou <= 1:
         raise ConfigError(f"min_iou={min_iou}; choose a value in [0, 1]")
     store = Store(store_path)
     pose_vocab = store.vocabularies.get("pose")
     tasks = ("pose",) if pose_vocab else ()
-    pred, true, boxes, data = load_points(store, source, tasks)
+    pred, true, boxes, data, left_out = load_points(store, source, tasks, splits)
     if not np.isfinite(true).all(axis=(1, 2)).any():
         raise StoreError(
             f"store {store.path} has no ground-truth landmarks; embed a dataset that has them "
@@ -152,6 +164,8 @@ def evaluate_landmarks(store_path: str | Path, source: str = "detected",
     face_errors, rows = result.pop("face_errors"), ev[result.pop("rows")]
     thresholds, fractions = ced(face_errors)
     result["source"] = source
+    result["splits"] = list(splits) if splits else "all"
+    result["rows_trained_on_left_out"] = left_out
     result["failure_threshold"] = FAILURE_THRESHOLD
     result["auc_limit"] = CED_LIMIT
     result["second_norm"] = second

@@ -45,7 +45,7 @@ RESERVED = frozenset(ROW_FIELDS) | frozenset({
 _PREDICT = "faceprobe landmarks predict MODEL STORE"
 WRITERS: dict[str, str] = {
     "landmarks_rcnn": _PREDICT, "landmarks_rcnn_score": _PREDICT, "rcnn_box": _PREDICT,
-    "rcnn_box_score": _PREDICT, "rcnn_gender": _PREDICT + " (with a --classes gender model)",
+    "rcnn_box_score": _PREDICT, "rcnn_trained": _PREDICT, "rcnn_gender": _PREDICT + " (with a --classes gender model)",
 }
 
 

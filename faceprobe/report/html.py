@@ -7,6 +7,8 @@ import html
 import json
 from pathlib import Path
 
+from faceprobe.jsonable import json_default
+
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
 table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ccc;padding:3px 8px;
@@ -70,21 +72,9 @@ class ReportWriter:
                 f"<p class='muted'>{html.escape(self.subtitle)}</p><ul>{toc}</ul>{body}"
                 "</body></html>")
         (out / "index.html").write_text(page, encoding="utf-8")
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=1, default=_jsonable))
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=1, default=json_default))
         (out / "summary.md").write_text("\n".join(self.md))
         return out / "index.html"
-
-
-def _jsonable(o):
-    try:
-        import numpy as np
-        if isinstance(o, np.generic):
-            return o.item()
-        if isinstance(o, np.ndarray):
-            return o.tolist()
-    except ImportError:  # pragma: no cover
-        pass
-    return str(o)
 
 
 def markdown_table(headers: list[str], rows: list[list]) -> str:

@@ -18,7 +18,8 @@ import pytest
 from hostile import real_faces
 from procs import REPO, cli, run, start, wait_for
 
-from faceprobe.embed.store import LOCK, Store, _Lock
+from faceprobe.embed.store import LOCK, Store
+from faceprobe.embed.store.lock import _Lock
 from faceprobe.errors import StoreLockedError
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux /proc")
@@ -160,7 +161,7 @@ def test_refusal_names_a_live_owner(tmp_path):
     store.mkdir()
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys; from pathlib import Path; "
-         "from faceprobe.embed.store import _Lock; _Lock(Path(sys.argv[1])).acquire(); "
+         "from faceprobe.embed.store.lock import _Lock; _Lock(Path(sys.argv[1])).acquire(); "
          "print('ready', flush=True); sys.stdin.read()", str(store)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONPATH": str(REPO)})

@@ -15,12 +15,9 @@ Decisions:
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 
-from faceprobe.embed.align import DLIB_150_TEMPLATE
+from faceprobe.embed.align import DLIB_150_TEMPLATE, dlib_models_dirs
 from faceprobe.embed.backbones.base import (
     Backbone,
     BackboneConfig,
@@ -34,13 +31,6 @@ from faceprobe.files import file_sha256
 
 MODEL_FILE = "dlib_face_recognition_resnet_model_v1.dat"
 MODEL_URL = "http://dlib.net/files/dlib_face_recognition_resnet_model_v1.dat.bz2"
-
-
-def _package_models_dir() -> list[Path]:
-    spec = importlib.util.find_spec("face_recognition_models")
-    if spec is None or not spec.submodule_search_locations:
-        return []
-    return [Path(p) / "models" for p in spec.submodule_search_locations]
 
 
 DLIB_CONFIG = BackboneConfig(
@@ -66,7 +56,7 @@ class DlibResNet(Backbone):
         self.device = resolve_device("cpu" if device in (None, "auto") else device)
         self.precision = check_precision(precision, self.device, ("fp32",), self.config.name)
         # the .dat is bzip2-compressed on dlib.net, so there is no direct download here
-        path = resolve_weights(MODEL_FILE, weights, None, extra_dirs=_package_models_dir(),
+        path = resolve_weights(MODEL_FILE, weights, None, extra_dirs=dlib_models_dirs(),
                                what="dlib face recognition model")
         try:
             self.model = dlib.face_recognition_model_v1(str(path))

@@ -1,15 +1,14 @@
-"""``faceprobe evaluate MODEL STORE --report DIR``: metrics, fairness, plots, one HTML page.
+"""The evaluation report page of one head: headline metrics, per-task plots, fairness, training
+curves and the worst errors, as index.html (+ metrics.json, summary.md).
+
+Everything here takes plain data: the metrics dict and the context that
+``faceprobe.heads.report.evaluate`` returns (rows, outputs, the bundle's vocabularies and
+history, and a ``thumbnail(path, box)`` callable for the worst-error grids), so this package
+never reads a store or a bundle itself.
 
 Decisions:
-- The rows and tasks evaluated are chosen by ``heads.evaluate.choose_rows``: on the bundle's
-  training store its recorded test split re-derived (refused when the store's rows changed since
-  training); on another store every labelled row; ``split`` names one explicitly. Tasks whose
-  class vocabulary differs from the bundle's are skipped with the reason (listed in the JSON
-  under ``skipped`` and in a report section), unless a label map declares how they correspond.
-- True labels are compared in the bundle's class codes; the per-group (fairness) breakdowns use
-  the store's own labels, so a mapped task is still broken down by the store's classes.
 - Headline metrics carry 95% bootstrap intervals; per-group numbers are listed for every group but
-  the "gap" only uses groups with >= 10 rows.
+  the "gap" only uses groups with >= 10 rows (``report.metrics``).
 """
 
 from __future__ import annotations
@@ -19,38 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from faceprobe.data.vocab import AGE
-from faceprobe.embed.store import Store
-from faceprobe.report import metrics as M
 
 N_WORST = 12
-
-
-def evaluate(bundle, store: Store, split: str | None = None, n_boot: int = 500,
-             label_map: dict | None = None) -> tuple[dict, dict]:
-    """(metrics, context) where context keeps the arrays the plots need. ``split`` None: the
-    test split on the training store, every labelled row on another (``choose_rows``)."""
-    from faceprobe.heads.evaluate import choose_rows, result_header
-
-    choice = choose_rows(bundle, store, split, label_map)
-    sub = choice.data
-    outputs = bundle.predict_outputs({g: sub.X[g] for g in bundle.features})
-    truth = choice.truth()  # in the bundle's codes (age_group derived from age, as in training)
-    groups = M.demographic_groups(sub.y, store.vocabularies)
-    out: dict = result_header(choice, store, bundle)
-    out.update({"backbone": bundle.backbone, "features": bundle.features, "tasks": {},
-                "fairness": {}})
-    for task in choice.alignment.tasks:
-        y = truth[task]
-        if task == AGE:
-            out["age"] = M.regression_metrics(y, outputs[task], n_boot=n_boot)
-            out["tasks"][task] = out["age"]  # also under tasks, as `evaluate --json` promises
-        else:
-            out["tasks"][task] = M.classification_metrics(
-                y, outputs[task], bundle.vocabularies[task], n_boot=n_boot)
-            if task in choice.alignment.notes:
-                out["tasks"][task]["labels"] = choice.alignment.notes[task]
-        out["fairness"][task] = M.fairness(task, y, outputs[task], groups)
-    return out, {"data": sub, "outputs": outputs, "bundle": bundle, "truth": truth}
 
 
 def _worst(task, y, outputs, vocab, n=N_WORST):
@@ -67,33 +36,18 @@ def _worst(task, y, outputs, vocab, n=N_WORST):
     return [(i, f"true {vocab[y[i]]}\npred {vocab[pred[i]]} {proba[i].max():.2f}") for i in order]
 
 
-def _thumb(path: str, box: np.ndarray) -> np.ndarray | None:
-    from faceprobe.embed.images import load_image
-    from faceprobe.errors import ImageError
-
-    try:
-        im = load_image(path)
-    except ImageError:
-        return None
-    if np.isfinite(box).all():
-        x1, y1, x2, y2 = box
-        m = 0.15 * max(x2 - x1, y2 - y1)
-        h, w = im.shape[:2]
-        x1, y1 = int(max(0, x1 - m)), int(max(0, y1 - m))
-        x2, y2 = int(min(w, x2 + m)), int(min(h, y2 + m))
-        if x2 > x1 and y2 > y1:
-            im = im[y1:y2, x1:x2]
-    return im
-
-
 def write_report(metrics: dict, context: dict, out_dir: str | Path, *, title: str | None = None,
                  extra_sections: list[tuple[str, str]] = ()) -> Path:
-    """Write index.html (+ metrics.json, summary.md); ``extra_sections`` go first."""
+    """Write index.html (+ metrics.json, summary.md); ``extra_sections`` go first. ``context``
+    holds ``data`` (the rows: ``y``, ``path``, ``box``), ``outputs``, ``bundle`` (``path``,
+    ``meta``, ``vocabularies``), optionally ``truth`` and ``thumbnail(path, box)`` (an image
+    array or None; without it the worst-error grids are left out)."""
     from faceprobe.report import plots
     from faceprobe.report.html import Markup, ReportWriter, fmt_ci, img, markdown_table, table
 
     sub, outputs, bundle = context["data"], context["outputs"], context["bundle"]
     truth = context.get("truth") or sub.y
+    thumbnail = context.get("thumbnail")
     w = ReportWriter(
         title or f"faceprobe report: {Path(str(bundle.path)).name}",
         f"head {metrics['head']} on {metrics['backbone']} ({', '.join(metrics['features'])}); "
@@ -174,12 +128,13 @@ def write_report(metrics: dict, context: dict, out_dir: str | Path, *, title: st
         w.section("Training curves", img(plots.history_png(hist, "training history"), "history"))
 
     grids = []
-    for task in list(classification) + (["age"] if "age" in metrics else []):
+    shown = list(classification) + (["age"] if "age" in metrics else [])
+    for task in shown if thumbnail is not None else ():
         vocab = bundle.vocabularies.get(task)
         picks = _worst(task, truth[task], outputs, vocab)
         thumbs, caps = [], []
         for i, cap in picks:
-            t = _thumb(sub.path[i], sub.box[i])
+            t = thumbnail(sub.path[i], sub.box[i])
             if t is not None:
                 thumbs.append(t)
                 caps.append(cap)
@@ -189,15 +144,3 @@ def write_report(metrics: dict, context: dict, out_dir: str | Path, *, title: st
     if grids:
         w.section("Worst errors", "".join(grids))
     return w.write(out_dir, metrics)
-
-
-def evaluate_to_report(bundle_path, store_path, out_dir=None, split: str | None = None,
-                       n_boot: int = 500, label_map: dict | None = None) -> dict:
-    from faceprobe.heads.bundle import load_bundle
-
-    bundle = load_bundle(bundle_path)
-    store = Store(store_path)
-    metrics, ctx = evaluate(bundle, store, split=split, n_boot=n_boot, label_map=label_map)
-    if out_dir is not None:
-        metrics["report"] = str(write_report(metrics, ctx, out_dir))
-    return metrics

@@ -4,7 +4,7 @@ Steps: read the 300 bundled MTFL faces -> embed (plus landmark-geometry and HOG 
 with the best backbone available offline (dlib;
 FaceNet with random weights only when dlib is missing, and the report says so) -> train the Keras
 multi-output head and two scikit-learn baselines -> a short KerasTuner search -> evaluate each on
-the held-out split -> MTCNN landmark error against MTFL's points -> ``OUT/index.html``.
+the held-out split -> the detector's landmark error against MTFL's points -> ``OUT/index.html``.
 Each step reuses what an earlier run left in OUT (the store resumes, bundles are kept), so a second
 `make demo` takes seconds.
 """
@@ -48,11 +48,12 @@ def run_demo(out: str | Path = "reports/demo", *, trials: int = 6, log=None) -> 
     from faceprobe.embed.pipeline import embed_dataset
     from faceprobe.embed.store import Store
     from faceprobe.heads.bundle import load_bundle
+    from faceprobe.heads.report import evaluate
     from faceprobe.heads.train import train_store
     from faceprobe.heads.tune import tune_store
     from faceprobe.landmarks.evaluate import evaluate_landmarks
-    from faceprobe.report.build import evaluate, write_report
     from faceprobe.report.compare import compare
+    from faceprobe.report.evaluation import write_report
     from faceprobe.report.html import table
 
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
@@ -97,7 +98,8 @@ def run_demo(out: str | Path = "reports/demo", *, trials: int = 6, log=None) -> 
         results[name] = (m, ctx)
     cmp = compare([out / "heads" / n for n in bundles])
 
-    log("[5/5] landmark error of MTCNN against MTFL's points ...")
+    det = {"mtcnn": "MTCNN", "scrfd": "SCRFD"}.get(summary["detector"], summary["detector"])
+    log(f"[5/5] landmark error of {det} against MTFL's points ...")
     lm = evaluate_landmarks(store_dir, report_dir=out / "landmarks")
 
     best = max(results, key=lambda n: _mean_balanced(results[n][0]))
@@ -114,7 +116,7 @@ def run_demo(out: str | Path = "reports/demo", *, trials: int = 6, log=None) -> 
         ("Heads compared (test split)", table(["metric", *cmp["reports"]], rows)
          + "<p class='muted'>Each head's own report: "
          + ", ".join(f"<a href='heads/{n}/index.html'>{n}</a>" for n in bundles) + "</p>"),
-        ("Landmarks: MTCNN vs. MTFL ground truth",
+        (f"Landmarks: {det} vs. MTFL ground truth",
          table(["NME (inter-ocular)", "median", "failure rate (>0.10)", "evaluated", "missing"],
                [[lm["nme"], lm["median"], lm["failure_rate"], lm["evaluated"], lm["missing"]]])
          + "<p><a href='landmarks/index.html'>overlays and cumulative error curve</a></p>"),

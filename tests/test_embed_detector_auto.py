@@ -1,0 +1,59 @@
+"""`--detector auto` (the default): SCRFD when its file is on this machine, else MTCNN with one
+warning naming the file and where it goes; a resumed store keeps its detector; scoring replays
+the recorded detector by name, never auto."""
+
+import json
+import warnings
+
+import pytest
+
+from faceprobe.embed.detect_scrfd import SCRFD_FILENAME
+from faceprobe.embed.detectors import choose_detector, recorded_detector
+from faceprobe.embed.recipe import detection_options
+from faceprobe.errors import ConfigError
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("FACEPROBE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    return tmp_path / "home"
+
+
+def test_auto_without_the_file_is_mtcnn_with_one_warning(home):
+    with pytest.warns(UserWarning) as caught:
+        assert choose_detector("auto") == ("mtcnn", None)
+    msg = str(caught[0].message)
+    assert len(caught) == 1 and SCRFD_FILENAME in msg and str(home / "weights") in msg
+    assert "--detector mtcnn" in msg
+
+
+def test_auto_with_the_file_is_scrfd(home):
+    (home / "weights").mkdir(parents=True)
+    (home / "weights" / SCRFD_FILENAME).write_bytes(b"onnx")  # resolved here, loaded later
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert choose_detector("auto") == ("scrfd", str(home / "weights" / SCRFD_FILENAME))
+    assert choose_detector("mtcnn") == ("mtcnn", None)  # a named detector is taken as named
+
+
+def test_auto_keeps_the_detector_of_the_store_it_resumes(home, tmp_path):
+    (home / "weights").mkdir(parents=True)
+    (home / "weights" / SCRFD_FILENAME).write_bytes(b"onnx")
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "manifest.json").write_text(json.dumps(
+        {"recipe": {"detection": {"detector": "mtcnn"}}}))
+    assert recorded_detector(store) == "mtcnn"
+    assert choose_detector("auto", resume_from=store) == ("mtcnn", None)
+    assert recorded_detector(tmp_path / "none") is None
+
+
+def test_unknown_detector_is_one_line(home):
+    with pytest.raises(ConfigError, match="unknown detector 'yolo'; choose one of mtcnn, scrfd"):
+        choose_detector("yolo")
+
+
+def test_replay_names_the_recorded_detector():
+    assert detection_options({"detection": {"detector": "mtcnn"}})["detector"] == "mtcnn"
+    assert detection_options({})["detector"] == "mtcnn"  # recipes before the registry

@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    warnings.formatwarning = _one_line_warning
+    saved, warnings.formatwarning = warnings.formatwarning, _one_line_warning
     try:
         result = args.func(args)
     except FaceprobeError as exc:
@@ -54,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("faceprobe: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    finally:
+        warnings.formatwarning = saved  # main() called as a function hands the process back
     return int(result or 0)
 
 

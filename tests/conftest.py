@@ -28,15 +28,17 @@ def shared_data() -> Path:
 
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_faceprobe_home(tmp_path_factory):
-    """Every test sees an empty $FACEPROBE_HOME unless it sets its own: weights or caches in the
-    user's ~/.faceprobe (an SCRFD file turns `--detector auto` into SCRFD) must not change what
+    """Every test sees an empty $FACEPROBE_HOME and $TORCH_HOME unless it sets its own: weights or
+    caches of the user's (an SCRFD file turns `--detector auto` into SCRFD) must not change what
     the tests measure."""
     import os
 
-    old = os.environ.get("FACEPROBE_HOME")
-    os.environ["FACEPROBE_HOME"] = str(tmp_path_factory.mktemp("faceprobe_home"))
+    old = {k: os.environ.get(k) for k in ("FACEPROBE_HOME", "TORCH_HOME")}
+    for k in old:  # torch's checkpoint cache is a weights location too
+        os.environ[k] = str(tmp_path_factory.mktemp(k.lower()))
     yield
-    if old is None:
-        os.environ.pop("FACEPROBE_HOME", None)
-    else:
-        os.environ["FACEPROBE_HOME"] = old
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v

@@ -57,3 +57,36 @@ def test_unknown_detector_is_one_line(home):
 def test_replay_names_the_recorded_detector():
     assert detection_options({"detection": {"detector": "mtcnn"}})["detector"] == "mtcnn"
     assert detection_options({})["detector"] == "mtcnn"  # recipes before the registry
+
+
+def test_auto_takes_scrfd_from_torchs_cache_where_it_found_it(home, tmp_path, monkeypatch):
+    monkeypatch.setenv("FACEPROBE_OFFLINE", "1")  # found locally: never a download
+    cache = tmp_path / "torch" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    (cache / SCRFD_FILENAME).write_bytes(b"onnx")
+    assert choose_detector("auto") == ("scrfd", str(cache / SCRFD_FILENAME))
+
+
+def test_auto_resumes_with_the_stores_own_scrfd_file(home, tmp_path, monkeypatch):
+    from faceprobe.files import file_sha256
+
+    monkeypatch.setenv("FACEPROBE_OFFLINE", "1")
+    own = tmp_path / "elsewhere" / "my-scrfd.onnx"
+    own.parent.mkdir()
+    own.write_bytes(b"my export")
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "manifest.json").write_text(json.dumps({"recipe": {"detection": {
+        "detector": "scrfd", "detector_weights": str(own),
+        "detector_weights_sha256": file_sha256(own)}}}))
+    assert choose_detector("auto", resume_from=store) == ("scrfd", str(own))
+
+
+def test_ray_refuses_scrfd_in_one_line(fixtures_dir, tmp_path, capsys):
+    from faceprobe.cli import main
+
+    code = main(["embed", "mtfl", "--root", str(fixtures_dir / "mtfl"), "--out",
+                 str(tmp_path / "s"), "--backbone", "dlib.resnet", "--engine", "ray",
+                 "--detector-weights", str(tmp_path / "x.onnx"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 1 and "MTCNN only" in err and err.count("\n") == 1

@@ -151,9 +151,10 @@ def test_mlp_trials_train_as_the_refit_does(store, tmp_path):
 
 
 def test_the_keras_tuner_internals_tune_patches_are_still_there(tmp_path):
-    """tune.py replaces or reads private keras-tuner names (pyproject pins the tested range). If
-    this fails after a keras-tuner upgrade, re-check _atomic_json_writes, _requeue_orphans,
-    _serve_oracle, _PatientStub and HeadTuner against the new release before widening the pin."""
+    """tune_state.py and tune_distributed.py replace or read private keras-tuner names (pyproject
+    pins the tested range). If this fails after a keras-tuner upgrade, re-check
+    _atomic_json_writes, _requeue_orphans, _serve_oracle, _PatientStub and HeadTuner against the
+    new release before widening the pin."""
     import inspect
     from importlib.metadata import version
 

@@ -1,7 +1,7 @@
 """Horizontal flip on a hand-made 10x8 image: points move with the pixels and keep their
 left/right names; plus the target box and detection choice helpers.
 
-Pixel convention (rcnn.py): pixel column c covers [c, c+1), so an image W wide spans [0, W] and a
+Pixel convention (rcnn_data.py): pixel column c covers [c, c+1), so an image W wide spans [0, W] and a
 flip maps x -> W - x; the pixel at column c moves to column W-1-c, whose centre W-1-c+0.5 is
 W - (c+0.5).
 """

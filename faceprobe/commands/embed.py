@@ -157,9 +157,14 @@ def run_embed(args: argparse.Namespace) -> int:
         from faceprobe.errors import ConfigError
 
         extra = [g for g in features if g in EXTRA_GROUPS or g == "chips"]
-        if args.detector == "scrfd":
-            raise ConfigError("--engine ray detects with MTCNN only; use --engine local for "
-                              f"--detector {args.detector}")
+        from faceprobe.embed.detectors import recorded_detector
+
+        recorded = None if args.overwrite else recorded_detector(args.out)
+        if args.detector == "scrfd" or args.detector_weights or recorded == "scrfd":
+            what = (f"the store {args.out} was detected with SCRFD" if recorded == "scrfd"
+                    else "--detector scrfd / --detector-weights")
+            raise ConfigError(f"--engine ray detects with MTCNN only and {what}; use "
+                              "--engine local")
         args.detector = "mtcnn"  # what auto means on Ray
         if extra:
             raise ConfigError(f"--engine ray computes the backbone's groups only, not "

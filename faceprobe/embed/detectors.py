@@ -66,18 +66,25 @@ def resolve_detector(detector: str, weights=None) -> str | None:
     return str(ScrfdDetector._resolve(weights))
 
 
-def recorded_detector(store_dir: str | os.PathLike | None) -> str | None:
-    """The detector of the store at ``store_dir`` (None when there is no readable manifest)."""
+def recorded_detection(store_dir: str | os.PathLike | None) -> dict | None:
+    """The recipe's detection settings of the store at ``store_dir`` (None when there is no
+    readable manifest)."""
     if store_dir is None:
         return None
     from faceprobe.embed.store import MANIFEST
 
     try:
         meta = json.loads((Path(store_dir) / MANIFEST).read_text(encoding="utf-8"))
-        name = ((meta.get("recipe") or {}).get("detection") or {}).get("detector", "mtcnn")
-    except (OSError, ValueError, AttributeError):
+        detection = dict((meta.get("recipe") or {}).get("detection") or {"detector": "mtcnn"})
+    except (OSError, ValueError, AttributeError, TypeError):
         return None
-    return name if name in DETECTORS else None
+    return detection if detection.get("detector", "mtcnn") in DETECTORS else None
+
+
+def recorded_detector(store_dir: str | os.PathLike | None) -> str | None:
+    """The detector of the store at ``store_dir`` (None when there is no readable manifest)."""
+    d = recorded_detection(store_dir)
+    return None if d is None else d.get("detector", "mtcnn")
 
 
 def local_scrfd() -> Path | None:
@@ -93,10 +100,22 @@ def local_scrfd() -> Path | None:
 
 def choose_detector(detector: str, weights=None, resume_from=None) -> tuple[str, str | None]:
     """(detector name, its resolved weights file) for a run; ``auto`` as the module docstring
-    says (``resume_from``: the store directory a run may resume)."""
+    says (``resume_from``: the store directory a run may resume, whose recorded file is reused
+    when it is still there with its hash)."""
     if detector == "auto":
-        detector = recorded_detector(resume_from) or (
-            "scrfd" if weights or local_scrfd() is not None else _fallback())
+        recorded = recorded_detection(resume_from)
+        if recorded is not None:
+            detector = recorded.get("detector", "mtcnn")
+            if detector == "scrfd" and not weights:
+                from faceprobe.embed.recipe import recorded_detector_file
+
+                weights = recorded_detector_file(recorded)
+        elif weights:
+            detector = "scrfd"
+        elif (found := local_scrfd()) is not None:
+            detector, weights = "scrfd", str(found)  # found in torch's cache too
+        else:
+            detector = _fallback()
     return detector, resolve_detector(detector, weights)
 
 

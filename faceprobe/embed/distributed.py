@@ -10,9 +10,10 @@ Decisions:
   plain dicts (no FaceRecord pickles), so a worker needs only faceprobe installed, not the
   driver's reader classes.
 - ``map_batches`` runs a pool of actors (``concurrency=actors``); each builds the backbone and
-  MTCNN once, then runs the local engine's own per-shard code on a shard: ``_iter_chunks``
+  MTCNN once, then runs the local engine's own per-shard code on a shard: ``workers.iter_chunks``
   (decode + detect + align per 16-record chunk, with its never-lose-a-chunk fallback),
-  ``_Embedder`` (batches of ``batch_size`` counted from the shard's start) and ``_finish``. Same
+  ``embedder.ChipEmbedder`` (batches of ``batch_size`` counted from the shard's start) and
+  ``embedder.finish_rows``. Same
   code and same batch boundaries, so a shard's rows match the local engine's (bitwise when the
   thread counts match; within float noise otherwise).
 - Only the driver writes: it holds the store lock and writes each returned shard with the same

@@ -74,13 +74,13 @@ def embed_dataset(records: Iterable[FaceRecord], out: str | os.PathLike, backbon
     if limit is not None:
         records = records[:max(0, int(limit))]
     features, keep_chips = split_chips(features)
-    detector, detector_weights = choose_detector(detector, detector_weights,
-                                                 None if overwrite else out)
     bbs = make_backbones(backbone, weights, device, precision)
     bb = bbs[0]
     if align is not None:
         bb.config = with_alignment(bb.config, align)
     groups = check_options(multi_face, no_face, landmarks, features, bbs)
+    detector, detector_weights = choose_detector(detector, detector_weights,
+                                                 None if overwrite else out)
     workers = default_workers() if workers is None else max(0, int(workers))
     dev = resolve_device(device if isinstance(backbone, str) else bb.device)
     detect_in_workers = dev.type == "cpu"

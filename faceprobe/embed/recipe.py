@@ -132,7 +132,7 @@ def detection_options(recipe: Mapping[str, Any]) -> dict:
     # always named: embed_images' default (auto) must never stand in for the recorded detector
     opts["detector"] = d.get("detector", "mtcnn")
     if opts["detector"] != "mtcnn":
-        opts["detector_weights"] = _detector_file(d)
+        opts["detector_weights"] = recorded_detector_file(d)
     if d.get("max_pixels"):
         opts["max_pixels"] = int(d["max_pixels"])
     return opts
@@ -154,7 +154,7 @@ def check_extra_groups(recorded: Mapping[str, Any] | None, groups: Sequence[str]
                               f"--add-features {g} into a fresh copy) and retrain")
 
 
-def _detector_file(d: Mapping[str, Any]) -> str | None:
+def recorded_detector_file(d: Mapping[str, Any]) -> str | None:
     """The recorded detector file when it is still there with its hash, else None (the default
     file is resolved; a different one is refused naming both hashes)."""
     from faceprobe.files import file_sha256

@@ -66,7 +66,7 @@ def die_with_parent(parent: int | None) -> None:
 
 
 def worker_init(_, parent: int | None = None):
-    # the store lock's fd was already closed here by store.py's at-fork hook
+    # the store lock's fd was already closed here by store/lock.py's at-fork hook
     die_with_parent(parent)
     torch.set_num_threads(1)
 

@@ -78,7 +78,7 @@ def _standardised(head: Any, X: Mapping[str, np.ndarray]) -> np.ndarray:
 
 
 def _decayed_kernels(net) -> list:
-    """The kernels the L2 term covers: every Linear's, trunk and output heads (``_build``
+    """The kernels the L2 term covers: every Linear's, trunk and output heads (``keras_model``
     declares the regulariser on each of their Dense layers)."""
     from torch import nn
 

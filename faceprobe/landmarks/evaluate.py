@@ -152,6 +152,10 @@ def evaluate_landmarks(store_path: str | Path, source: str = "detected",
     pose_vocab = store.vocabularies.get("pose")
     tasks = ("pose",) if pose_vocab else ()
     pred, true, boxes, data, left_out = load_points(store, source, tasks, splits)
+    if left_out and not len(data):
+        raise StoreError(f"every row of store {store.path} ({left_out}) shows an image the "
+                         "KeypointRCNN trained on; evaluate it on other images, or train with "
+                         "--holdout so some are kept out")
     if not np.isfinite(true).all(axis=(1, 2)).any():
         raise StoreError(
             f"store {store.path} has no ground-truth landmarks; embed a dataset that has them "

@@ -7,7 +7,7 @@ Layout::
 Decisions:
 - The shards and the manifest are never touched: a later stage (``landmarks predict``) adds
   results without risking the embeddings, and deleting ``extra-<name>-*`` undoes it.
-- Each file is written to ``*.tmp``, fsync'ed and renamed (store.py's discipline), so a file that
+- Each file is written to ``*.tmp``, fsync'ed and renamed (the store writer's discipline), so a file that
   exists is complete; its presence is what a resumed run skips.
 - Each file records the sha256 of the shard it annotates (from the shard's stats). A shard that
   was re-embedded since makes its extra stale, and reading a stale extra fails with the fix

@@ -3,15 +3,17 @@
 Decisions:
 - Two backbones under torchvision's KeypointRCNN. ``mobilefacenet`` (the default): foamliu's
   MobileFaceNet (``faceprobe.embed.backbones.mobilefacenet_torch``, ArcFace-trained on faces)
-  cut at strides 4 / 8 / 16 (64, 128 and 512 channels) under a 128-channel FPN plus a max-pool
-  level, a 256-d two-layer box head and a 4-conv 128-channel keypoint head. ``resnet50``:
+  cut at strides 8 and 16 (128 and 512 channels) under a 128-channel FPN plus a max-pool level
+  (stride 32), a 256-d two-layer box head and a 4-conv 128-channel keypoint head. ``resnet50``:
   torchvision's ``keypointrcnn_resnet50_fpn`` layout, for COCO or ImageNet weights. The ResNet
   cannot learn on a CPU from scratch, and COCO weights cannot be had everywhere; the
-  face-pretrained MobileFaceNet is ~1/20 of its compute and trains on 2 CPU cores in about an
-  hour (README, "Landmarks"). Its normalisation is torchvision's default (x/255, ImageNet mean/std),
-  which is MobileFaceNet's own.
-- Anchors for the MobileFaceNet FPN: one size per level (32, 64, 128, 256 px), aspect ratios
-  0.5 / 1 / 2; RoIs pooled from the three FPN levels (the pool level only feeds the RPN).
+  face-pretrained MobileFaceNet is ~1/20 of its compute and trains on 2 CPU cores (README,
+  "Landmarks"). Its normalisation is torchvision's default (x/255, ImageNet mean/std), which is
+  MobileFaceNet's own.
+- No stride-4 level: the faces here span 100-250 px, and the stride-4 map made the RPN head and
+  the FPN's output conv cost ~1.2 GMAC per 256 px image, as much as the backbone. Anchors: two
+  sizes per level, (32, 64), (96, 128), (192, 256) px at strides 8 / 16 / 32, aspect ratios
+  0.5 / 1 / 2; RoIs pooled from the stride 8 and 16 levels (the pool level only feeds the RPN).
 - Weights never download for ``resnet50``: ``coco`` / ``imagenet`` are looked up as torchvision's
   file names in ``$FACEPROBE_HOME/weights`` and torch's checkpoint cache; a missing file is a
   WeightsError naming it and both places. ``pretrained`` (the default) is ``coco`` for the ResNet

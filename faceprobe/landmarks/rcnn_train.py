@@ -155,7 +155,8 @@ def train(store_path: str | os.PathLike, out: str | os.PathLike, *, epochs: int 
     store = Store(store_path)
     samples, skipped = samples_from_store(store, config["classes"], splits,
                                           float(config["holdout"]), int(config["seed"]))
-    trained_paths = sorted({s.path for s in samples})
+    # every image any epoch saw, so a resumed run on other rows cannot hide earlier ones
+    trained_paths = sorted({s.path for s in samples} | set((ckpt or {}).get("trained_paths") or ()))
 
     init_info = state = None
     torch.manual_seed(int(config["seed"]))  # heads that no weights file covers start the same

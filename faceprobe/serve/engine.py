@@ -4,8 +4,8 @@
 API maps to HTTP codes (``serve.responses``).
 
 Decisions:
-- Everything heavy is built once, in ``create_app``: the bundle, its backbones and MTCNN (the
-  Scorer), the store table and the gallery; requests only read them.
+- Everything heavy is built once, in ``create_app``: the bundle, its backbones and the recipe's
+  detector (the Scorer), the store table and the gallery; requests only read them.
 """
 
 from __future__ import annotations

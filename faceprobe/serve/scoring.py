@@ -3,7 +3,7 @@
 Decisions:
 - The backbones are rebuilt from the training store's recipe (same weights, preprocessing,
   alignment and detection settings; other weights are refused, their embeddings would be other
-  numbers) and MTCNN is warmed up on a blank image, once, when ``create_app`` builds the Scorer.
+  numbers) and the detector is warmed up on a blank image, once, when ``create_app`` builds the Scorer.
 - Uploads are scored in one pass: each file is decoded with ``load_image`` (the embed stage's
   hostile-input handling: pixel limit from the header before decoding, one-line errors), then all
   decodable files go through one ``embed_images`` call with ``multi_face='all'``, so every face is

@@ -4,7 +4,7 @@ nothing twice, every shard readable, the search completes with the requested tri
 Kill points for embed cycle through: a random moment after start, while a shard's ``.h5.tmp``
 exists (before its rename), while a ``.stats.json.tmp`` exists (after the ``.h5`` rename, before
 the stats rename that marks the shard done), and while ``manifest.json.tmp`` exists. The rename
-windows are widened with FACEPROBE_TEST_PAUSE_BEFORE_RENAME (store.py) so a kill lands inside
+windows are widened with FACEPROBE_TEST_PAUSE_BEFORE_RENAME (faceprobe/faults.py, called by store/writer.py) so a kill lands inside
 them on purpose; the random kills run without it.
 """
 

@@ -34,17 +34,6 @@ from faceprobe.landmarks.rcnn_model import NUM_KEYPOINTS, build_model
 from faceprobe.landmarks.rcnn_train import CHECKPOINT, Log, load_checkpoint, stderr_log
 
 
-def _iou(boxes: np.ndarray, box: np.ndarray) -> np.ndarray:
-    x1 = np.maximum(boxes[:, 0], box[0])
-    y1 = np.maximum(boxes[:, 1], box[1])
-    x2 = np.minimum(boxes[:, 2], box[2])
-    y2 = np.minimum(boxes[:, 3], box[3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    a = (box[2] - box[0]) * (box[3] - box[1])
-    return inter / np.maximum(area + a - inter, 1e-9)
-
-
 def choose_detection(boxes: np.ndarray, scores: np.ndarray, row_box: np.ndarray | None
                      ) -> int | None:
     """Index of the detection kept for a row: most overlap with the row's stored box (ties and
@@ -52,7 +41,10 @@ def choose_detection(boxes: np.ndarray, scores: np.ndarray, row_box: np.ndarray 
     if len(boxes) == 0:
         return None
     if row_box is not None and np.isfinite(row_box).all():
-        iou = _iou(np.asarray(boxes, dtype=np.float64), np.asarray(row_box, dtype=np.float64))
+        from torchvision.ops import box_iou
+
+        iou = box_iou(torch.as_tensor(np.asarray(boxes, np.float64)),
+                      torch.as_tensor(np.asarray(row_box, np.float64))[None]).numpy()[:, 0]
         if iou.max() > 0:
             best = np.flatnonzero(iou >= iou.max() - 1e-9)
             return int(best[np.argmax(np.asarray(scores)[best])])

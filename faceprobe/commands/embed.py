@@ -61,9 +61,12 @@ def register(subparsers) -> None:
     p.add_argument("--detector-weights", default=None, metavar="FILE",
                    help="SCRFD's ONNX file (default: scrfd_2.5g_bnkps.onnx from "
                         "$FACEPROBE_HOME/weights, or its download)")
-    p.add_argument("--landmarks", default="detect", choices=("detect", "dataset"),
-                   help="dataset: align with the dataset's own 5 points where a record has them, "
-                        "skipping detection")
+    p.add_argument("--landmarks", default="detect", choices=("detect", "dataset", "dlib68"),
+                   help="the 5 points that align each face: detect (default: the detector's), "
+                        "dataset (the dataset's own where a record has them, skipping "
+                        "detection) or dlib68 (dlib's 68-point predictor on its own HOG box "
+                        "around the detected face: eye centres, nose tip, mouth corners; "
+                        "recorded in the recipe and replayed by score/serve)")
     p.add_argument("--features", default="embedding",
                    help="comma-separated feature groups to store: embedding, pooled (FaceNet's "
                         "1792-d layer), geometry68 (dlib's 68 landmarks, normalised), geometry5 "

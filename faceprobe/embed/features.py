@@ -267,6 +267,15 @@ def shape68_box(image: np.ndarray, box: np.ndarray | None) -> tuple[np.ndarray, 
     return target, "mapped"
 
 
+def dlib68_five(image: np.ndarray, box: np.ndarray | None) -> np.ndarray:
+    """Five alignment points (5, 2) float32 in LANDMARK_NAMES order from dlib's 68-point
+    predictor on its own HOG box (``shape68_box``): the mean of each eye's six points, the nose
+    tip (30) and the mouth corners (48, 54), as measured in issue 18 (AFLW NME 0.083)."""
+    pts = shape68(image, shape68_box(image, box)[0])
+    eyes = [pts[36:42].mean(axis=0), pts[42:48].mean(axis=0)]  # image-left eye first
+    return np.array([*eyes, pts[30], pts[48], pts[54]], np.float32)
+
+
 def geometry68(image: np.ndarray, box: np.ndarray | None) -> np.ndarray:
     pts = shape68(image, shape68_box(image, box)[0])
     return normalise_points(pts, pts[36:42].mean(axis=0), pts[42:48].mean(axis=0))

@@ -156,17 +156,20 @@ def embed_images(paths: Iterable[str | os.PathLike], backbone, *, weights=None,
                  multi_face: str = "central", no_face: str = "skip",
                  min_face_size: float | None = None, features: Sequence[str] = ("embedding",),
                  workers: int = 0, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-                 detector: str = "auto", detector_weights=None) -> list[dict]:
+                 detector: str = "auto", detector_weights=None,
+                 landmarks: str = "detect") -> list[dict]:
     """Rows (as for the store, ``features`` as arrays) for raw image files, without a store.
     ``backbone`` and ``detector`` as for :func:`embed_dataset` (several backbones give one group
     each after the first)."""
     records = [FaceRecord(path=str(Path(p)), dataset="images") for p in paths]
     bbs = make_backbones(backbone, weights, device, precision)
-    groups = check_options(multi_face, no_face, "detect", features, bbs)
+    if landmarks == "dataset":
+        raise ConfigError("images have no dataset landmarks; use landmarks='detect' or 'dlib68'")
+    groups = check_options(multi_face, no_face, landmarks, features, bbs)
     detector, detector_weights = choose_detector(detector, detector_weights)
     cfg = prepare_config(bbs, groups, multi_face=multi_face, no_face=no_face,
                          min_face_size=min_face_size, max_pixels=max_pixels, detector=detector,
-                         detector_weights=detector_weights)
+                         detector_weights=detector_weights, landmarks=landmarks)
     chunks = [(0, records[k:k + CHUNK]) for k in range(0, len(records), CHUNK)]
     embedder = ChipEmbedder(bbs, groups, batch_size)
     rows: list[dict] = []

@@ -29,7 +29,9 @@ from faceprobe.embed.images import DEFAULT_MAX_PIXELS, ImageLoadError, load_imag
 from faceprobe.errors import ConfigError
 from faceprobe.threads import torch_threads
 
-LANDMARK_MODES = ("detect", "dataset")
+# detect: the detector's 5 points; dataset: the record's own; dlib68: five points from dlib's
+# 68-point predictor on its own HOG box around the detected face
+LANDMARK_MODES = ("detect", "dataset", "dlib68")
 
 
 @dataclass(frozen=True)
@@ -165,7 +167,18 @@ def detect_align(decoded: list[tuple[dict, object]], cfg: PrepareConfig,
             rows.append(row)
             continue
         for k, face in enumerate(res.faces):
+            if cfg.landmarks == "dlib68" and res.status != "dataset_landmarks":
+                try:
+                    face = dataclasses.replace(
+                        face, landmarks=extra_features.dlib68_five(img, face.box))
+                except Exception as exc:  # noqa: BLE001 - this face fails, not the image
+                    face = exc
             r = dict(row) if k else row
+            if isinstance(face, BaseException):
+                r["face"], r["status"] = k, "error"
+                r["error"] = f"{row['path']}: dlib 68-point landmarks failed: {one_line(face)}"
+                rows.append(r)
+                continue
             r["face"], r["status"], r["error"] = k, res.status, ""
             r["box"], r["score"] = face.box, face.score
             if res.status != "dataset_landmarks":

@@ -135,6 +135,8 @@ def detection_options(recipe: Mapping[str, Any]) -> dict:
         opts["detector_weights"] = recorded_detector_file(d)
     if d.get("max_pixels"):
         opts["max_pixels"] = int(d["max_pixels"])
+    if d.get("landmarks") == "dlib68":  # a landmark model, not the dataset's points: replayable
+        opts["landmarks"] = "dlib68"
     return opts
 
 

@@ -58,7 +58,7 @@ def check_options(multi_face, no_face, landmarks, features, backbones: Sequence[
     own, extra = extra_features.split_groups([g for g in groups if g not in others],
                                              tuple(first.config.feature_dims))
     first.check_groups(own)
-    extra_features.check_available(extra)
+    extra_features.check_available([*extra, *(["geometry68"] if landmarks == "dlib68" else [])])
     return groups
 
 

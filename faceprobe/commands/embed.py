@@ -13,8 +13,9 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser(
         "embed", help="detect, align and embed every image of a dataset into a store",
-        description="Detect faces (MTCNN), align them and embed them with a backbone, writing "
-                    "HDF5 shards. Re-running the same command resumes where a run stopped.")
+        description="Detect faces (SCRFD when its file is here, else MTCNN: --detector), align "
+                    "them and embed them with a backbone, writing HDF5 shards. Re-running the "
+                    "same command resumes where a run stopped.")
     p.add_argument("dataset", help="dataset format (see `faceprobe datasets`), e.g. lfw, utkface")
     p.add_argument("--root", required=True, help="the dataset's directory")
     p.add_argument("--out", required=True, help="store directory to create or resume")

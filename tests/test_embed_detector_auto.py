@@ -2,7 +2,6 @@
 warning naming the file and where it goes; a resumed store keeps its detector; scoring replays
 the recorded detector by name, never auto."""
 
-import json
 import warnings
 
 import pytest
@@ -11,6 +10,18 @@ from faceprobe.embed.detect_scrfd import SCRFD_FILENAME
 from faceprobe.embed.detectors import choose_detector, recorded_detector
 from faceprobe.embed.recipe import detection_options
 from faceprobe.errors import ConfigError
+
+
+def empty_store(path, detection: dict):
+    """A store with no shards whose recipe records ``detection``."""
+    from faceprobe.embed.store import StoreWriter
+
+    meta = {"backbone": "test.random", "features": {"embedding": 2}, "vocabularies": {},
+            "shard_size": 1, "num_shards": 0, "dataset": "test", "records_sha256": "x",
+            "recipe": {"detection": detection}}
+    with StoreWriter.open(path, meta):
+        pass
+    return path
 
 
 @pytest.fixture
@@ -40,10 +51,7 @@ def test_auto_with_the_file_is_scrfd(home):
 def test_auto_keeps_the_detector_of_the_store_it_resumes(home, tmp_path):
     (home / "weights").mkdir(parents=True)
     (home / "weights" / SCRFD_FILENAME).write_bytes(b"onnx")
-    store = tmp_path / "store"
-    store.mkdir()
-    (store / "manifest.json").write_text(json.dumps(
-        {"recipe": {"detection": {"detector": "mtcnn"}}}))
+    store = empty_store(tmp_path / "store", {"detector": "mtcnn"})
     assert recorded_detector(store) == "mtcnn"
     assert choose_detector("auto", resume_from=store) == ("mtcnn", None)
     assert recorded_detector(tmp_path / "none") is None
@@ -74,11 +82,9 @@ def test_auto_resumes_with_the_stores_own_scrfd_file(home, tmp_path, monkeypatch
     own = tmp_path / "elsewhere" / "my-scrfd.onnx"
     own.parent.mkdir()
     own.write_bytes(b"my export")
-    store = tmp_path / "store"
-    store.mkdir()
-    (store / "manifest.json").write_text(json.dumps({"recipe": {"detection": {
+    store = empty_store(tmp_path / "store", {
         "detector": "scrfd", "detector_weights": str(own),
-        "detector_weights_sha256": file_sha256(own)}}}))
+        "detector_weights_sha256": file_sha256(own)})
     assert choose_detector("auto", resume_from=store) == ("scrfd", str(own))
 
 

@@ -1,10 +1,10 @@
 """`--landmarks dlib68`: five alignment points from dlib's 68-point predictor on its own HOG
 box (real MTFL fixture images), recorded in the recipe and replayed when images are scored."""
 
-import csv
 
 import numpy as np
 import pytest
+from image_scoring import assert_images_score_as_store
 
 from faceprobe.data.registry import get_reader
 from faceprobe.embed.features import dlib68_five
@@ -13,7 +13,6 @@ from faceprobe.embed.pipeline import embed_dataset, embed_images
 from faceprobe.embed.store import Store
 from faceprobe.errors import ConfigError
 from faceprobe.heads.bundle import load_bundle
-from faceprobe.heads.score import score_images, score_store
 from faceprobe.heads.train import train_store
 from faceprobe.landmarks.evaluate import evaluate_landmarks
 
@@ -55,17 +54,7 @@ def test_scoring_images_replays_dlib68(stores, tmp_path):
     root, records = stores
     store = Store(root / "dlib68")
     bundle = load_bundle(train_store(store, "gender", "logreg", out=tmp_path / "m").bundle)
-    score_store(bundle, store, tmp_path / "store.csv")
-    score_images(bundle, sorted({r.path for r in records}), tmp_path / "images.csv")
-
-    def read(p):
-        return {(r["path"], r["face"]): r for r in csv.DictReader(open(p, newline=""))}
-    a, b = read(tmp_path / "store.csv"), read(tmp_path / "images.csv")
-    usable = [k for k, r in a.items() if r["gender"]]
-    assert len(usable) >= 20 and set(usable) <= set(b)
-    for k in usable:
-        for col in (c for c in a[k] if "_p_" in c):
-            assert abs(float(a[k][col]) - float(b[k][col])) <= 1e-4, (k, col)
+    assert_images_score_as_store(bundle, store, [r.path for r in records], tmp_path)
 
 
 def test_images_have_no_dataset_landmarks(fixtures_dir):

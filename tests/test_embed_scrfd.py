@@ -1,10 +1,10 @@
 """`--detector scrfd` in the embed pass: recorded in the recipe, replayed by image scoring,
 refused on resume into an MTCNN store (real MTFL images, the real SCRFD model)."""
 
-import csv
 from pathlib import Path
 
 import pytest
+from image_scoring import assert_images_score_as_store
 
 from faceprobe.cli import main
 from faceprobe.data.registry import get_reader
@@ -13,7 +13,6 @@ from faceprobe.embed.store import Store
 from faceprobe.errors import ConfigError, StoreError
 from faceprobe.files import file_sha256
 from faceprobe.heads.bundle import load_bundle
-from faceprobe.heads.score import score_images, score_store
 from faceprobe.heads.train import train_store
 
 pytest.importorskip("dlib")
@@ -43,19 +42,8 @@ def test_scrfd_finds_every_face_and_is_recorded(scrfd_store):
 def test_scoring_images_replays_scrfd(scrfd_store, tmp_path):
     _, records, _, store, _ = scrfd_store
     res = train_store(store, "gender", "logreg", out=tmp_path / "m")
-    bundle = load_bundle(res.bundle)
-    score_store(bundle, store, tmp_path / "store.csv")
-    score_images(bundle, sorted({r.path for r in records}), tmp_path / "images.csv")
-
-    def read(p):
-        return {(r["path"], r["face"]): r for r in csv.DictReader(open(p, newline=""))}
-    a, b = read(tmp_path / "store.csv"), read(tmp_path / "images.csv")
-    usable = [k for k, r in a.items() if r["gender"]]
-    assert len(usable) >= 20 and set(usable) <= set(b)
-    for k in usable:
-        assert a[k]["gender"] == b[k]["gender"]
-        for col in (c for c in a[k] if "_p_" in c):
-            assert abs(float(a[k][col]) - float(b[k][col])) <= 1e-4, (k, col)
+    assert_images_score_as_store(load_bundle(res.bundle), store, [r.path for r in records],
+                                 tmp_path)
 
 
 def test_resuming_with_another_detector_is_refused(scrfd_store):

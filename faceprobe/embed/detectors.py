@@ -18,7 +18,6 @@ Decisions:
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from pathlib import Path
@@ -71,12 +70,13 @@ def recorded_detection(store_dir: str | os.PathLike | None) -> dict | None:
     readable manifest)."""
     if store_dir is None:
         return None
-    from faceprobe.embed.store import MANIFEST
+    from faceprobe.embed.recipe import recipe_of
+    from faceprobe.embed.store import Store
+    from faceprobe.errors import StoreError
 
     try:
-        meta = json.loads((Path(store_dir) / MANIFEST).read_text(encoding="utf-8"))
-        detection = dict((meta.get("recipe") or {}).get("detection") or {"detector": "mtcnn"})
-    except (OSError, ValueError, AttributeError, TypeError):
+        detection = dict(recipe_of(Store(store_dir).meta).get("detection") or {})
+    except StoreError:  # no store there (yet), or none this faceprobe reads: nothing recorded
         return None
     return detection if detection.get("detector", "mtcnn") in DETECTORS else None
 
@@ -89,13 +89,14 @@ def recorded_detector(store_dir: str | os.PathLike | None) -> str | None:
 
 def local_scrfd() -> Path | None:
     """SCRFD's file where weights are looked up without downloading, else None."""
-    from faceprobe.embed.backbones.base import torch_checkpoint_dirs, weights_dir
+    from faceprobe.embed.backbones.base import resolve_weights, torch_checkpoint_dirs
     from faceprobe.embed.detect_scrfd import SCRFD_FILENAME
+    from faceprobe.errors import WeightsError
 
-    for d in (weights_dir(), *torch_checkpoint_dirs()):
-        if (d / SCRFD_FILENAME).is_file():
-            return d / SCRFD_FILENAME
-    return None
+    try:  # no URL: the lookup alone
+        return resolve_weights(SCRFD_FILENAME, None, None, extra_dirs=torch_checkpoint_dirs())
+    except WeightsError:
+        return None
 
 
 def choose_detector(detector: str, weights=None, resume_from=None) -> tuple[str, str | None]:

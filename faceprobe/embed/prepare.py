@@ -167,20 +167,18 @@ def detect_align(decoded: list[tuple[dict, object]], cfg: PrepareConfig,
             rows.append(row)
             continue
         for k, face in enumerate(res.faces):
+            r = dict(row) if k else row
+            r["face"], r["status"], r["error"] = k, res.status, ""
+            r["box"], r["score"] = face.box, face.score
             if cfg.landmarks == "dlib68" and res.status != "dataset_landmarks":
                 try:
                     face = dataclasses.replace(
                         face, landmarks=extra_features.dlib68_five(img, face.box))
                 except Exception as exc:  # noqa: BLE001 - this face fails, not the image
-                    face = exc
-            r = dict(row) if k else row
-            if isinstance(face, BaseException):
-                r["face"], r["status"] = k, "error"
-                r["error"] = f"{row['path']}: dlib 68-point landmarks failed: {one_line(face)}"
-                rows.append(r)
-                continue
-            r["face"], r["status"], r["error"] = k, res.status, ""
-            r["box"], r["score"] = face.box, face.score
+                    r["status"] = "error"
+                    r["error"] = f"{row['path']}: dlib 68-point landmarks failed: {one_line(exc)}"
+                    rows.append(r)
+                    continue
             if res.status != "dataset_landmarks":
                 r["landmarks_detected"] = face.landmarks
             try:

@@ -158,11 +158,13 @@ def test_distributed_options_are_checked(tmp_path):
 def test_chief_requeues_trials_left_running_by_a_dead_worker():
     from types import SimpleNamespace
 
-    from faceprobe.heads.tune_distributed import _requeue_orphans
+    from faceprobe.heads.tune_state import requeue_unfinished
 
-    oracle = SimpleNamespace(ongoing_trials={"worker-a-1": SimpleNamespace(trial_id="3")},
-                             _retry_queue=[])
+    trial = SimpleNamespace(trial_id="3", status="RUNNING")
+    done = SimpleNamespace(trial_id="2", status="COMPLETED")
+    oracle = SimpleNamespace(ongoing_trials={"worker-a-1": trial}, _retry_queue=[],
+                             trials={"2": done, "3": trial})
     said = []
-    _requeue_orphans(oracle, said.append)
+    requeue_unfinished(oracle, said.append)
     assert oracle.ongoing_trials == {} and oracle._retry_queue == ["3"]
-    assert "requeued" in said[0]
+    assert "unfinished: 3" in said[0]

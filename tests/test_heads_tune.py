@@ -33,6 +33,38 @@ def test_interrupted_search_continues(store, tmp_path):
     assert done.trials_run_now == 0
 
 
+def test_a_trial_killed_before_the_oracle_saved_it_is_run_again(store, tmp_path, monkeypatch):
+    """KerasTuner writes a new trial's trial.json (RUNNING) before oracle.json; a kill between
+    the two left a trial that counted towards --trials and never ran (seen under SIGKILLs)."""
+    from keras_tuner.src.engine import oracle as kt_oracle
+
+    d = tmp_path / "search"
+    tune_store(store, "gender", head="logreg", trials=2, directory=d)
+
+    class Killed(BaseException):
+        pass
+
+    real_save = kt_oracle.Oracle.save
+
+    def save(self):
+        if len(self.trials) == 3:  # trial 2's trial.json is written, oracle.json is not
+            raise Killed
+        real_save(self)
+
+    monkeypatch.setattr(kt_oracle.Oracle, "save", save)
+    with pytest.raises(Killed):
+        tune_store(store, "gender", head="logreg", trials=3, directory=d)
+    monkeypatch.setattr(kt_oracle.Oracle, "save", real_save)
+    assert json.loads((d / "search" / "trial_2" / "trial.json").read_text())["status"] == "RUNNING"
+    said = []
+    res = tune_store(store, "gender", head="logreg", trials=3, directory=d, log=said.append)
+    assert res.trials == 3 and res.trials_run_now == 1
+    states = {p.parent.name: json.loads(p.read_text())["status"]
+              for p in (d / "search").glob("trial_*/trial.json")}
+    assert states == {"trial_0": "COMPLETED", "trial_1": "COMPLETED", "trial_2": "COMPLETED"}
+    assert any("unfinished: 2" in line for line in said)
+
+
 def test_changed_search_is_refused(store, tmp_path):
     d = tmp_path / "search"
     tune_store(store, "gender", head="logreg", trials=1, directory=d)
@@ -153,7 +185,7 @@ def test_mlp_trials_train_as_the_refit_does(store, tmp_path):
 def test_the_keras_tuner_internals_tune_patches_are_still_there(tmp_path):
     """tune_state.py and tune_distributed.py replace or read private keras-tuner names (pyproject
     pins the tested range). If this fails after a keras-tuner upgrade, re-check
-    _atomic_json_writes, _requeue_orphans, _serve_oracle, _PatientStub and HeadTuner against the
+    _atomic_json_writes, requeue_unfinished, _serve_oracle, _PatientStub and HeadTuner against the
     new release before widening the pin."""
     import inspect
     from importlib.metadata import version

@@ -53,6 +53,7 @@ from faceprobe.heads.tune_state import (
     _atomic_json_writes,
     _check_fingerprint,
     _drop_unreadable_trials,
+    requeue_unfinished,
     search_fingerprint,
 )
 from faceprobe.heads.tune_trial import SearchSetup, _make_tuner_class, _scored, trial_function
@@ -170,6 +171,8 @@ def tune_store(store: Store | str | os.PathLike, tasks: str | Sequence[str] | No
             t.oracle.stub = _PatientStub(t.oracle.stub, search_over)
         if role != "worker":
             t.oracle.max_trials = trials  # a resumed search may be asked for more than before
+            # nothing runs trials yet (a starting chief has no workers): unfinished ones re-run
+            requeue_unfinished(t.oracle, log)
             done_before = len(t.oracle.trials)
             if done_before:
                 log(f"resuming search in {directory}: {done_before} trials done, {trials} wanted")

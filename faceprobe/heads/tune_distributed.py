@@ -165,16 +165,6 @@ class _PatientStub:
         return call
 
 
-def _requeue_orphans(oracle, log: Callable[[str], None]) -> None:
-    # A starting chief has no workers yet, so trials its saved state calls running were left by
-    # workers of an earlier chief; KerasTuner would wait for them forever. Run them again.
-    stale = sorted(t.trial_id for t in oracle.ongoing_trials.values())
-    if stale:
-        oracle.ongoing_trials.clear()
-        oracle._retry_queue.extend(stale)
-        log(f"chief: trials {', '.join(stale)} were left running by a previous chief; requeued")
-
-
 def _serve_oracle(oracle, host: str, port: int, log: Callable[[str], None],
                   on_done: Callable[[], None] = lambda: None) -> None:
     """KerasTuner's chief server, ending as soon as the search is over (see the docstring)."""
@@ -216,7 +206,6 @@ def run_chief(tuner, directory: Path, trials: int, host: str, port: int,
     """Serve ``tuner``'s oracle until workers have scored every trial, then mark the search done;
     the number of trials scored meanwhile."""
     tuner.oracle.verbose = 0
-    _requeue_orphans(tuner.oracle, log)
     tuner.save()
     scored_before = _scored(tuner.oracle)
     _serve_oracle(tuner.oracle, host, port, log,

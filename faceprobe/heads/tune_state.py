@@ -10,6 +10,10 @@ Decisions:
   wins), so a chief and workers starting together agree on it.
 - KerasTuner writes its JSON files in place; its writer is routed through tmp + rename, and a
   trial.json that an older, killed run left unreadable is removed so the oracle re-runs it.
+- A trial a killed run left running is run again (:func:`requeue_unfinished`). KerasTuner
+  requeues the trials its oracle.json calls ongoing, but it writes a new trial's trial.json
+  before oracle.json, so a kill between the two leaves a trial that is RUNNING on disk, counts
+  towards ``--trials`` and is never run: the search would end one score short.
 """
 
 from __future__ import annotations
@@ -110,3 +114,21 @@ def _check_fingerprint(directory: Path, fp: dict[str, Any]) -> None:
             _check_fingerprint(directory, fp)
         finally:
             tmp.unlink()
+
+
+def requeue_unfinished(oracle, log) -> list[str]:
+    """Send every trial that is not finished and not already queued for a retry back to the
+    oracle's retry queue (see the module's notes): the ones its saved state calls ongoing (a
+    starting oracle has no tuner running them yet) and the RUNNING ones it does not know of."""
+    from keras_tuner.src.engine.trial import TrialStatus
+
+    queued = set(oracle._retry_queue)
+    ongoing = {t.trial_id for t in oracle.ongoing_trials.values()}
+    oracle.ongoing_trials.clear()
+    stale = sorted(t.trial_id for t in oracle.trials.values()
+                   if t.trial_id not in queued
+                   and (t.trial_id in ongoing or t.status == TrialStatus.RUNNING))
+    if stale:
+        oracle._retry_queue.extend(stale)
+        log(f"re-running {len(stale)} trial(s) a stopped run left unfinished: {', '.join(stale)}")
+    return stale

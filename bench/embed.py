@@ -55,21 +55,14 @@ def _cos(a: np.ndarray, b: np.ndarray, center: np.ndarray | None = None) -> np.n
 def readme_loop(paths, state_dict, threads: int):
     import torch
     from facenet_pytorch import MTCNN, InceptionResnetV1
-    from PIL import Image
+    from speed_loops import facenet_readme_loop  # bench/ is sys.path[0] when run as a script
 
     torch.set_num_threads(threads)
     mtcnn = MTCNN(image_size=160, margin=14)
     resnet = InceptionResnetV1(pretrained=None).eval()
     resnet.load_state_dict(state_dict)
-    embs = {}
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        for p in paths:
-            img = Image.open(p).convert("RGB")
-            face = mtcnn(img)
-            if face is not None:
-                embs[p] = resnet(face.unsqueeze(0))[0].numpy()
-    return embs, time.perf_counter() - t0
+    embs, _, seconds = facenet_readme_loop(paths, mtcnn, resnet)
+    return embs, seconds
 
 
 def faceprobe_run(paths, precision: str, threads: int, workers: int, batch_size: int,

@@ -84,11 +84,19 @@ def dlib_loop(paths: list[str], weights: str, ort_spinning: bool = True):
 def facenet_loop(paths: list[str], weights: str, ort_spinning: bool = True):
     import torch
     from facenet_pytorch import MTCNN, InceptionResnetV1
-    from PIL import Image
 
     mtcnn = MTCNN(image_size=160, margin=14)  # faceprobe's facenet crop settings
     torch.manual_seed(FACENET_SEED)  # faceprobe's seeded random weights
     resnet = InceptionResnetV1(pretrained=None, classify=False).eval()
+    return facenet_readme_loop(paths, mtcnn, resnet)
+
+
+def facenet_readme_loop(paths: list[str], mtcnn, resnet):
+    """facenet-pytorch's README loop with built models, one image per call: ``face =
+    mtcnn(img); emb = resnet(face.unsqueeze(0))``. Also bench/embed.py's baseline."""
+    import torch
+    from PIL import Image
+
     embs, faces = {}, 0
     t0 = time.perf_counter()
     with torch.no_grad():
